@@ -1,0 +1,37 @@
+# loraflow: every target installs what it needs into .venv first, so a fresh clone just works.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup test demo lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch comes from the local CPU wheel when it is pinned exactly (see DESIGN.md)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) ## create .venv and install loraflow with its test tools
+
+test: setup ## the full test suite
+	$(BIN)/python -m pytest
+
+demo: setup ## validate, store and list the bundled dataset on the embedded defaults
+	$(BIN)/python -m loraflow.demo
+
+lint: setup ## static checks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## benchmarks: each prints loraflow against its baseline and the ratio
+	$(BIN)/python benchmarks/validate.py
+
+clean: ## remove the venv and caches (not ~/.loraflow)
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

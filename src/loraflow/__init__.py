@@ -1,0 +1,41 @@
+"""loraflow: self-hosted LoRA fine-tuning and completion, orchestrated by Prefect.
+
+``from loraflow import File`` gives the LLM-Engine-shaped SDK. Attributes load on first use,
+so importing loraflow stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from loraflow.errors import (
+    ConfigError,
+    DataValidationError,
+    InvalidRequestError,
+    LoraflowError,
+    NotFoundError,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from loraflow.sdk import File
+
+__version__ = "0.1.0"
+__all__ = [
+    "ConfigError",
+    "DataValidationError",
+    "File",
+    "InvalidRequestError",
+    "LoraflowError",
+    "NotFoundError",
+    "StorageError",
+    "__version__",
+]
+_LAZY = {"File": "loraflow.sdk"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'loraflow' has no attribute {name!r}")

@@ -1,0 +1,279 @@
+"""Read a CSV or JSONL dataset into a frame of strings, keeping each row's line in the file.
+
+Problems found while reading (encoding, quoting, columns, JSON, chat structure) go into the
+report; rows that cannot be read are left out of the frame so the value checks can still run.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from loraflow.data.report import ValidationReport
+
+Format = Literal["csv", "jsonl"]
+COLUMN_SETS = (("prompt", "response"), ("input", "output"))
+ROLES = {"system", "user", "assistant"}
+_SIGNATURES = {
+    b"PK\x03\x04": "a ZIP archive (an Excel workbook?)",
+    b"PAR1": "a Parquet file",
+    b"%PDF": "a PDF document",
+    b"\x89PNG": "a PNG image",
+    b"\x1f\x8b": "a gzip archive",
+}
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+@dataclass
+class Table:
+    """Normalised rows (prompt, response and, for chat rows, messages) and their file lines.
+
+    ``records`` counts the data records in the file, including ones that could not be read.
+    """
+
+    frame: pl.DataFrame
+    line_of: Callable[[pl.Series], pl.Series]
+    records: int
+
+
+def detect_format(name: str, head: bytes, report: ValidationReport) -> Format | None:
+    """The dataset format from the file name, else from its first bytes; None if neither."""
+    for magic, what in _SIGNATURES.items():
+        if head.startswith(magic):
+            report.add("format", f"this is {what}, not a CSV or JSONL file")
+            return None
+    if b"\x00" in head:
+        report.add("format", "this is a binary file, not a CSV or JSONL file")
+        return None
+    suffix = Path(name).suffix.lower()
+    if suffix in _EXTENSIONS:
+        return _EXTENSIONS[suffix]  # type: ignore[return-value]
+    return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
+
+
+def find_bad_utf8(data: bytes, report: ValidationReport, limit: int = 100) -> bool:
+    """Report each line holding bytes that are not UTF-8; True if there were any."""
+    positions: list[tuple[int, int]] = []
+
+    def record(exc: UnicodeError) -> tuple[str, int]:
+        assert isinstance(exc, UnicodeDecodeError)
+        positions.append((exc.start, exc.end))
+        return "", exc.end
+
+    handler = f"loraflow-record-{id(positions)}"
+    codecs.register_error(handler, record)
+    data.decode("utf-8", errors=handler)
+    lines_seen: set[int] = set()
+    for start, end in positions:
+        line = data.count(b"\n", 0, start) + 1
+        if line not in lines_seen and len(lines_seen) < limit:
+            lines_seen.add(line)
+            report.add(
+                "encoding", f"bytes {data[start:end]!r} at offset {start} are not UTF-8", line=line
+            )
+    return bool(positions)
+
+
+def pick_columns(names: list[str], report: ValidationReport) -> dict[str, str] | None:
+    """Map the file's headers to prompt/response; report a missing pair or extra columns."""
+    lowered = {name.strip().lower(): name for name in names}
+    for wanted in COLUMN_SETS:
+        if all(w in lowered for w in wanted):
+            mapping = {lowered[w]: canon for w, canon in zip(wanted, COLUMN_SETS[0], strict=True)}
+            extra = [n for n in names if n not in mapping]
+            if extra:
+                report.add(
+                    "columns",
+                    f"extra columns ignored: {', '.join(map(repr, extra))}",
+                    severity="warning",
+                )
+            return mapping
+    report.add(
+        "columns",
+        "Required column headers (one subset of [['prompt', 'response'], ['input', 'output']]) "
+        f"not found; the header has {names!r}",
+    )
+    return None
+
+
+def read_csv(data: bytes | Path, report: ValidationReport) -> Table | None:
+    """Read a CSV of strings with polars; on a parse error find the line with Python's csv."""
+    try:
+        raw = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
+    except pl.exceptions.ComputeError as exc:
+        blob = data.read_bytes() if isinstance(data, Path) else data
+        if "utf-8" in str(exc) and find_bad_utf8(blob, report):
+            return None
+        diagnose_csv(blob, str(exc), report)
+        return None
+    report.columns = raw.columns
+    if not raw.columns or raw.columns == [""]:
+        report.add("format", "the file is empty: it needs a header row and data rows")
+        return None
+    doubled = [c for c in raw.columns if "_duplicated_" in c]
+    if doubled:
+        report.add("columns", f"the header names a column twice: {doubled!r}")
+        return None
+    mapping = pick_columns(raw.columns, report)
+    if mapping is None:
+        return None
+    newlines = pl.sum_horizontal(
+        pl.col(c).str.count_matches("\n", literal=True).fill_null(0) for c in raw.columns
+    )
+    header_lines = 1 + sum(c.count("\n") for c in raw.columns)
+    frame = raw.select(
+        *(pl.col(src).alias(dst) for src, dst in mapping.items()),
+        _all_null=pl.all_horizontal(pl.all().is_null()),
+        _lines=newlines + 1,
+    )
+    frame = _drop_trailing_empty(frame)
+
+    def line_of(rows: pl.Series) -> pl.Series:
+        starts = frame["_lines"].cum_sum() - frame["_lines"] + header_lines + 1
+        return starts.gather(rows)
+
+    return Table(frame=frame.drop("_lines"), line_of=line_of, records=len(frame))
+
+
+def _drop_trailing_empty(frame: pl.DataFrame) -> pl.DataFrame:
+    """Blank lines at the end of a file are not rows."""
+    flags = frame["_all_null"]
+    keep = len(flags)
+    while keep and flags[keep - 1]:
+        keep -= 1
+    return frame.head(keep)
+
+
+def diagnose_csv(data: bytes, polars_message: str, report: ValidationReport) -> None:
+    """Name the lines that break the CSV, after polars refused it."""
+    text = data.decode("utf-8-sig", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    found = 0
+    try:
+        header = next(reader, [])
+        line = reader.line_num
+        for record in reader:
+            if record and len(record) != len(header):
+                report.add(
+                    "parse",
+                    f"row has {len(record)} fields but the header has {len(header)}; "
+                    "quote values that contain commas",
+                    line=line + 1,
+                )
+                found += 1
+            line = reader.line_num
+    except csv.Error as exc:
+        report.add("parse", f"cannot parse the CSV: {exc}", line=reader.line_num)
+        found += 1
+    if not found:
+        first = polars_message.strip().splitlines()[0]
+        report.add("parse", f"cannot parse the file as CSV: {first}")
+
+
+def read_jsonl(data: bytes | Path, report: ValidationReport, max_chars: int) -> Table | None:
+    """Read JSON Lines: prompt/response, input/output or chat ``messages`` per line."""
+    blob = data.read_bytes() if isinstance(data, Path) else data
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        find_bad_utf8(blob, report)
+        return None
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    seen_columns: dict[str, None] = {}
+    records = 0
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        if not raw_line.strip():
+            continue
+        records += 1
+        row = _parse_json_row(raw_line, number, report, seen_columns, max_chars)
+        if row is not None:
+            rows.append(row)
+            lines.append(number)
+    report.columns = list(seen_columns)
+    extra = [c for c in seen_columns if c not in {*COLUMN_SETS[0], *COLUMN_SETS[1], "messages"}]
+    if extra:
+        report.add("columns", f"extra keys ignored: {', '.join(map(repr, extra))}", severity="warning")
+    schema = {"prompt": pl.String, "response": pl.String, "messages": pl.String}
+    frame = pl.DataFrame(rows, schema=schema, orient="row")
+    if frame["messages"].null_count() == len(frame):
+        frame = frame.drop("messages")
+    frame = frame.with_columns(_all_null=pl.lit(False))
+    line_series = pl.Series("line", lines, dtype=pl.Int64)
+    return Table(frame=frame, line_of=lambda rows_: line_series.gather(rows_), records=records)
+
+
+def _parse_json_row(
+    line: str, number: int, report: ValidationReport, seen: dict[str, None], max_chars: int
+) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        report.add("json", f"not valid JSON: {exc.msg} (character {exc.pos + 1})", line=number)
+        return None
+    if not isinstance(obj, dict):
+        report.add("json", f"expected a JSON object, got {type(obj).__name__}", line=number)
+        return None
+    seen.update(dict.fromkeys(obj))
+    if "messages" in obj:
+        return _chat_row(obj["messages"], number, report, max_chars)
+    for wanted in COLUMN_SETS:
+        if all(w in obj for w in wanted):
+            values = [obj[w] for w in wanted]
+            for key, value in zip(wanted, values, strict=True):
+                if value is not None and not isinstance(value, str):
+                    report.add("json", f"must be a string, not {type(value).__name__}",
+                               line=number, column=key, value=value)
+                    return None
+            return {"prompt": values[0], "response": values[1], "messages": None}
+    report.add(
+        "columns",
+        f"needs keys prompt and response (or input and output, or messages); has {list(obj)!r}",
+        line=number,
+    )
+    return None
+
+
+def _chat_row(
+    messages: Any, number: int, report: ValidationReport, max_chars: int
+) -> dict[str, Any] | None:
+    """Check one OpenAI-style conversation; its last assistant turn is the response."""
+    problem = chat_problem(messages, max_chars)
+    if problem:
+        report.add("messages", problem, line=number, column="messages")
+        return None
+    prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    return {
+        "prompt": prompt,
+        "response": messages[-1]["content"],
+        "messages": json.dumps(messages, ensure_ascii=False),
+    }
+
+
+def chat_problem(messages: Any, max_chars: int | None = None) -> str | None:
+    """What is wrong with a chat ``messages`` value, or None if it is well formed."""
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list of {role, content} objects"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
+            return f"message {index} must be an object with role and content"
+        if message.get("role") not in ROLES:
+            return f"message {index} has role {message.get('role')!r}; use system, user or assistant"
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            return f"message {index} ({message['role']}) has no text content"
+        if max_chars is not None and len(content) > max_chars:
+            return f"message {index} ({message['role']}) is longer than {max_chars:,} characters"
+    if messages[-1]["role"] != "assistant":
+        return "the last message must be the assistant's answer to learn from"
+    if not any(m["role"] == "user" for m in messages):
+        return "the conversation needs at least one user message"
+    return None

@@ -1,0 +1,36 @@
+"""loraflow's exceptions: one base class, a few kinds a caller can act on."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loraflow.data.report import ValidationReport
+
+
+class LoraflowError(Exception):
+    """Base class of every error loraflow raises on purpose."""
+
+
+class ConfigError(LoraflowError, ValueError):
+    """A setting or config file is wrong; the message names the field and the fix."""
+
+
+class InvalidRequestError(LoraflowError, ValueError):
+    """An argument is malformed (an id, a name, a parameter); nothing was changed."""
+
+
+class NotFoundError(LoraflowError, LookupError):
+    """The named file, job or model does not exist."""
+
+
+class StorageError(LoraflowError):
+    """The object store failed after retries; no partial object was left behind."""
+
+
+class DataValidationError(LoraflowError, ValueError):
+    """A dataset failed validation. ``report`` lists every failing row and check."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        super().__init__(report.describe())

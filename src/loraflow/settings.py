@@ -1,0 +1,169 @@
+"""Settings: loraflow home, object storage, MLflow and Prefect locations, validation limits.
+
+Sources, highest priority first: keyword arguments, environment (``LORAFLOW_*``, nested with
+``__``, e.g. ``LORAFLOW_VALIDATION__MAX_ROWS``), then a YAML file: ``LORAFLOW_CONFIG`` if set,
+else ``configs/stack.yaml`` in the working directory when present. Secrets are ``SecretStr`` and
+URLs are shown with their passwords masked, so a settings object is safe to log.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from loraflow.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("configs/stack.yaml")
+
+
+class ValidationConfig(BaseModel):
+    """Limits applied to every dataset row; the defaults follow LLM Engine's documented ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_field_chars: int = Field(
+        32_768, ge=1, description="Longest prompt, response or chat message, in characters."
+    )
+    min_rows: int = Field(1, ge=0, description="Fewer data rows than this is an error.")
+    recommended_min_rows: int = Field(
+        200, ge=0, description="Fewer data rows than this is a warning."
+    )
+    max_rows: int = Field(100_000, ge=1, description="More data rows than this is an error.")
+    duplicates: Literal["warn", "error"] = Field(
+        "warn", description="What an exact repeat of an earlier prompt/response pair is."
+    )
+
+
+def mask_url(url: str | None) -> str | None:
+    """Return ``url`` with any password replaced by ``***`` (for logs and reprs)."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Settings(BaseSettings):
+    """Where loraflow keeps its state and how it reaches its services."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LORAFLOW_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    home: Path = Field(
+        Path("~/.loraflow"), description="Directory for local state: storage, MLflow, caches."
+    )
+    storage_uri: str | None = Field(
+        None,
+        description="file:///dir or s3://bucket/prefix. Default: file://<home>/storage.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 API endpoint for MinIO, R2, moto...; unset means AWS."
+    )
+    s3_region: str | None = Field(None, description="S3 region; unset uses the AWS chain.")
+    s3_access_key_id: str | None = Field(
+        None, description="Explicit S3 key id; unset uses the standard AWS credential chain."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="Explicit S3 secret.")
+    s3_session_token: SecretStr | None = Field(None, description="Explicit S3 session token.")
+    multipart_threshold: int = Field(
+        64 * 2**20, ge=5 * 2**20, description="Uploads above this many bytes go multipart."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI. Default: sqlite:///<home>/mlflow.db."
+    )
+    prefect_api_url: str | None = Field(
+        None, description="Prefect API URL; unset uses Prefect's own settings."
+    )
+    validation: ValidationConfig = ValidationConfig()
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _check_storage_uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("file://", "s3://")):
+            raise ValueError(
+                f"storage_uri must start with file:// or s3://, got {mask_url(value)!r}"
+            )
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = os.environ.get("LORAFLOW_CONFIG")
+        if config_file and not Path(config_file).is_file():
+            raise ConfigError(f"LORAFLOW_CONFIG points to {config_file}, which is not a file")
+        path = Path(config_file) if config_file else DEFAULT_CONFIG_FILE
+        if path.is_file():
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @property
+    def storage_url(self) -> str:
+        """The effective storage URI."""
+        return self.storage_uri or (self.home / "storage").as_uri()
+
+    @property
+    def tracking_uri(self) -> str:
+        """The effective MLflow tracking URI."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in {"storage_uri", "s3_endpoint_url", "mlflow_tracking_uri", "prefect_api_url"}:
+                value = mask_url(value)
+            yield name, value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from overrides, the environment and the YAML file; errors name the field."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid loraflow settings ({problems}). Fix the LORAFLOW_* variable or the "
+            "config file named above."
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once. ``reset()`` forgets them (tests, reconfiguration)."""
+    return load_settings()
+
+
+def reset() -> None:
+    """Forget cached settings and the objects built from them."""
+    get_settings.cache_clear()
+    from loraflow import storage
+
+    storage.get_store.cache_clear()

@@ -1,0 +1,133 @@
+"""Any S3 API (AWS, MinIO, R2, moto) as an object store, through boto3."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from loraflow.errors import NotFoundError, StorageError
+from loraflow.storage.base import (
+    PRESIGN_SECONDS,
+    HashingReader,
+    ObjectInfo,
+    ObjectStore,
+    Source,
+    as_stream,
+    check_key,
+)
+
+if TYPE_CHECKING:
+    from loraflow.settings import Settings
+
+# botocore's "standard" retry mode backs off exponentially with jitter on throttling
+# (SlowDown, 429) and on 5xx and connection errors; every call of this store goes through it.
+RETRIES = {"mode": "standard", "max_attempts": 8}
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+def make_client(settings: Settings) -> Any:
+    """A boto3 S3 client from settings; credentials fall back to the standard AWS chain."""
+    import boto3
+    from botocore.config import Config
+
+    secret = settings.s3_secret_access_key
+    token = settings.s3_session_token
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+        aws_session_token=token.get_secret_value() if token else None,
+        config=Config(
+            signature_version="s3v4",
+            retries=RETRIES,
+            s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
+        ),
+    )
+
+
+class S3Store(ObjectStore):
+    """Objects under ``s3://bucket/prefix``. Uploads above the threshold go multipart."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", *, threshold: int) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.uri = f"s3://{bucket}/{self.prefix}"
+        self._transfer = TransferConfig(
+            multipart_threshold=threshold, multipart_chunksize=max(threshold // 4, 5 * 2**20)
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put(self, key: str, source: Source) -> ObjectInfo:
+        full = self._key(key)
+        stream, owned = as_stream(source)
+        reader = HashingReader(stream)
+        try:
+            self.client.upload_fileobj(reader, self.bucket, full, Config=self._transfer)
+        except Exception as exc:
+            self._abort_multipart(full)
+            raise StorageError(f"upload to {self.uri}{key} failed: {exc}") from exc
+        finally:
+            if owned:
+                stream.close()
+        return ObjectInfo(key=key, size=reader.size, sha256=reader.sha256)
+
+    def _abort_multipart(self, full_key: str) -> None:
+        """Abort every unfinished multipart upload of ``full_key`` so no parts linger."""
+        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full_key)
+        for upload in listing.get("Uploads", []):
+            if upload["Key"] == full_key:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload["UploadId"]
+                )
+
+    def open(self, key: str) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _MISSING:
+                raise NotFoundError(f"no object {key!r} in {self.uri}") from None
+            raise StorageError(f"reading {self.uri}{key} failed: {exc}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for item in page.get("Contents", []):
+                yield ObjectInfo(
+                    key=item["Key"][len(self.prefix) :],
+                    size=item["Size"],
+                    modified=item["LastModified"],
+                )
+
+    def delete(self, key: str) -> bool:
+        existed = self.exists(key)
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        return existed
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in _MISSING:
+                return False
+            raise StorageError(f"checking {self.uri}{key} failed: {exc}") from exc
+        return True
+
+    def url(self, key: str, expires_in: int = PRESIGN_SECONDS) -> str:
+        if not self.exists(key):
+            raise NotFoundError(f"no object {key!r} in {self.uri}")
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=expires_in,
+        )
