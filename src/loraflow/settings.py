@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,8 @@ from pydantic_settings import (
 from loraflow.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("configs/stack.yaml")
+# URL-valued settings may carry a password (user:pass@host); reprs and dumps mask it.
+_URL_FIELDS = ("storage_uri", "s3_endpoint_url", "mlflow_tracking_uri", "prefect_api_url")
 
 
 class ValidationConfig(BaseModel):
@@ -82,6 +84,9 @@ class Settings(BaseSettings):
     multipart_threshold: int = Field(
         64 * 2**20, ge=5 * 2**20, description="Uploads above this many bytes go multipart."
     )
+    s3_max_attempts: int = Field(
+        8, ge=1, le=20, description="Attempts per S3 call, with backoff, on throttling and 5xx."
+    )
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking URI. Default: sqlite:///<home>/mlflow.db."
     )
@@ -132,11 +137,13 @@ class Settings(BaseSettings):
         """The effective MLflow tracking URI."""
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
 
+    @field_serializer(*_URL_FIELDS)
+    def _mask_in_dumps(self, value: str | None) -> str | None:
+        return mask_url(value)
+
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            if name in {"storage_uri", "s3_endpoint_url", "mlflow_tracking_uri", "prefect_api_url"}:
-                value = mask_url(value)
-            yield name, value
+            yield name, mask_url(value) if name in _URL_FIELDS else value
 
 
 def load_settings(**overrides: Any) -> Settings:

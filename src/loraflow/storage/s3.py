@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -19,9 +20,7 @@ from loraflow.storage.base import (
 if TYPE_CHECKING:
     from loraflow.settings import Settings
 
-# botocore's "standard" retry mode backs off exponentially with jitter on throttling
-# (SlowDown, 429) and on 5xx and connection errors; every call of this store goes through it.
-RETRIES = {"mode": "standard", "max_attempts": 8}
+log = logging.getLogger(__name__)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -41,7 +40,9 @@ def make_client(settings: Settings) -> Any:
         aws_session_token=token.get_secret_value() if token else None,
         config=Config(
             signature_version="s3v4",
-            retries=RETRIES,
+            # "standard" mode backs off exponentially with jitter on throttling (SlowDown, 429),
+            # 5xx and connection errors, for every call this store makes.
+            retries={"mode": "standard", "max_attempts": settings.s3_max_attempts},
             s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
         ),
     )
@@ -79,13 +80,26 @@ class S3Store(ObjectStore):
         return ObjectInfo(key=key, size=reader.size, sha256=reader.sha256)
 
     def _abort_multipart(self, full_key: str) -> None:
-        """Abort every unfinished multipart upload of ``full_key`` so no parts linger."""
-        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full_key)
-        for upload in listing.get("Uploads", []):
-            if upload["Key"] == full_key:
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=full_key, UploadId=upload["UploadId"]
-                )
+        """Abort every unfinished multipart upload of ``full_key`` so no parts linger.
+
+        boto3 aborts its own failed uploads; this catches the ones it could not. Best effort:
+        a failure here is logged and must not hide the upload's own error.
+        """
+        try:
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full_key)
+            for upload in listing.get("Uploads", []):
+                if upload["Key"] == full_key:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=full_key, UploadId=upload["UploadId"]
+                    )
+        except Exception as exc:
+            log.warning(
+                "could not abort unfinished multipart uploads of s3://%s/%s (%s); a bucket "
+                "lifecycle rule for incomplete multipart uploads removes them",
+                self.bucket,
+                full_key,
+                exc,
+            )
 
     def open(self, key: str) -> BinaryIO:
         from botocore.exceptions import ClientError
