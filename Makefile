@@ -18,8 +18,8 @@ setup: $(STAMP) ## create .venv and install loraflow with its test tools
 test: setup ## the full test suite
 	$(BIN)/python -m pytest
 
-demo: setup ## validate, store and list the bundled dataset on the embedded defaults
-	$(BIN)/python -m loraflow.demo
+demo: setup ## run the pipeline on the bundled dataset with the embedded defaults
+	$(BIN)/python -m flows.demo
 
 lint: setup ## static checks
 	$(BIN)/ruff check .

@@ -76,8 +76,10 @@ def ingest(config: IngestConfig = IngestConfig()) -> IngestResult:  # noqa: B008
         validation_rows=val.rows,
         sha256=train.sha256,
     )
-    print(f"stored {result.training_file} ({result.training_rows} rows) and "
-          f"{result.validation_file} ({result.validation_rows} rows)")
+    print(
+        f"stored {result.training_file} ({result.training_rows} rows) and "
+        f"{result.validation_file} ({result.validation_rows} rows)"
+    )
     return result
 
 

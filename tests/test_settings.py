@@ -41,7 +41,7 @@ def test_yaml_file_is_read_and_env_wins(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORAFLOW_CONFIG", "/nonexistent/stack.yaml")
-    with pytest.raises(ConfigError, match="/nonexistent/stack.yaml"):
+    with pytest.raises(ConfigError, match=r"/nonexistent/stack\.yaml"):
         load_settings()
 
 

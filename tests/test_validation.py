@@ -16,7 +16,9 @@ LOOSE = ValidationConfig(recommended_min_rows=0)
 
 
 def problems(report, severity="error"):
-    return [(i["line"], i["column"], i["check"]) for i in report.issues if i["severity"] == severity]
+    return [
+        (i["line"], i["column"], i["check"]) for i in report.issues if i["severity"] == severity
+    ]
 
 
 @pytest.mark.parametrize(
@@ -30,18 +32,31 @@ def problems(report, severity="error"):
         ("upper.csv", "Prompt , RESPONSE\nhi,hello\nbye,ciao\n"),
         ("no-final-newline.csv", "prompt,response\nhi,hello\nbye,ciao"),
         ("trailing-blank-lines.csv", "prompt,response\nhi,hello\nbye,ciao\n\n\n"),
-        ("rows.jsonl", '{"prompt": "hi", "response": "hello"}\n\n{"input": "bye", "output": "ciao"}\n'),
+        (
+            "rows.jsonl",
+            '{"prompt": "hi", "response": "hello"}\n\n{"input": "bye", "output": "ciao"}\n',
+        ),
         (
             "chat.jsonl",
-            json.dumps({"messages": [
-                {"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "hello"},
-                {"role": "user", "content": "bye"},
-                {"role": "assistant", "content": "ciao"},
-            ]}) + "\n" + json.dumps({"prompt": "hi", "response": "hello"}) + "\n",
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"},
+                        {"role": "user", "content": "bye"},
+                        {"role": "assistant", "content": "ciao"},
+                    ]
+                }
+            )
+            + "\n"
+            + json.dumps({"prompt": "hi", "response": "hello"})
+            + "\n",
         ),
-        ("no-extension", '{"prompt": "hi", "response": "hello"}\n{"prompt": "a", "response": "b"}\n'),
+        (
+            "no-extension",
+            '{"prompt": "hi", "response": "hello"}\n{"prompt": "a", "response": "b"}\n',
+        ),
     ],
 )
 def test_valid_variants(tmp_path: Path, name: str, data: str) -> None:
@@ -89,9 +104,9 @@ def test_every_failure_reported_at_once_with_file_lines(tmp_path: Path) -> None:
         "ok,fine\n"  # 8: duplicate of line 2
         f"long,{'x' * 120}\n"  # 9
     )
-    report = validate(write(tmp_path, "bad.csv", data), config=LOOSE.model_copy(
-        update={"max_field_chars": 100}
-    )).report
+    report = validate(
+        write(tmp_path, "bad.csv", data), config=LOOSE.model_copy(update={"max_field_chars": 100})
+    ).report
     assert not report.valid
     assert problems(report) == [
         (3, "prompt", "not_null"),
@@ -102,7 +117,11 @@ def test_every_failure_reported_at_once_with_file_lines(tmp_path: Path) -> None:
     ]
     assert problems(report, "warning") == [(8, None, "duplicate")]
     assert report.counts() == {
-        "not_null": 2, "not_blank": 1, "empty_row": 1, "duplicate": 1, "max_length": 1
+        "not_null": 2,
+        "not_blank": 1,
+        "empty_row": 1,
+        "duplicate": 1,
+        "max_length": 1,
     }
     duplicate = next(i for i in report.issues if i["check"] == "duplicate")
     assert "line 2" in duplicate["message"]
@@ -111,13 +130,18 @@ def test_every_failure_reported_at_once_with_file_lines(tmp_path: Path) -> None:
 def test_duplicates_can_be_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "d.csv", "prompt,response\na,b\nc,d\na,b\na,b\n")
     warn = validate(path, config=LOOSE).report
-    assert warn.valid and problems(warn, "warning") == [(4, None, "duplicate"), (5, None, "duplicate")]
+    assert warn.valid and problems(warn, "warning") == [
+        (4, None, "duplicate"),
+        (5, None, "duplicate"),
+    ]
     strict = validate(path, config=LOOSE.model_copy(update={"duplicates": "error"})).report
     assert not strict.valid and problems(strict) == [(4, None, "duplicate"), (5, None, "duplicate")]
 
 
 def test_same_prompt_different_response_is_not_a_duplicate(tmp_path: Path) -> None:
-    report = validate(write(tmp_path, "d.csv", "prompt,response\na,b\na,c\nb,a\n"), config=LOOSE).report
+    report = validate(
+        write(tmp_path, "d.csv", "prompt,response\na,b\na,c\nb,a\n"), config=LOOSE
+    ).report
     assert report.issues == []
 
 
@@ -142,9 +166,9 @@ def test_row_limits(tmp_path: Path) -> None:
     assert few.report.valid and problems(few.report, "warning") == [(None, None, "min_rows")]
     none = validate(write(tmp_path, "none.csv", "prompt,response\n"))
     assert problems(none.report) == [(None, None, "min_rows")]
-    many = validate(write(tmp_path, "many.csv", csv_rows(11)), config=LOOSE.model_copy(
-        update={"max_rows": 10}
-    ))
+    many = validate(
+        write(tmp_path, "many.csv", csv_rows(11)), config=LOOSE.model_copy(update={"max_rows": 10})
+    )
     assert problems(many.report) == [(None, None, "max_rows")]
     assert "11 rows; the maximum is 10" in many.report.describe()
 

@@ -26,6 +26,7 @@ app.add_typer(files_app, name="files")
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+ID_COLUMN = Column("id", no_wrap=True, min_width=25)  # ids are copied from here: never cut
 
 
 def handle_errors(func: F) -> F:
@@ -73,7 +74,9 @@ def print_report(report: Any, limit: int, console: Console = out) -> None:
 @app.command()
 @handle_errors
 def validate(
-    path: Annotated[Path, typer.Argument(help="CSV or JSONL dataset.", exists=True, dir_okay=False)],
+    path: Annotated[
+        Path, typer.Argument(help="CSV or JSONL dataset.", exists=True, dir_okay=False)
+    ],
     max_rows: Annotated[int | None, typer.Option(help="Most data rows allowed.")] = None,
     max_field_chars: Annotated[int | None, typer.Option(help="Longest value allowed.")] = None,
     duplicates: Annotated[
@@ -103,7 +106,9 @@ def validate(
 @files_app.command("upload")
 @handle_errors
 def files_upload(
-    path: Annotated[Path, typer.Argument(help="CSV or JSONL dataset.", exists=True, dir_okay=False)],
+    path: Annotated[
+        Path, typer.Argument(help="CSV or JSONL dataset.", exists=True, dir_okay=False)
+    ],
 ) -> None:
     """Validate and store a dataset; prints its file id."""
     from loraflow import File
@@ -126,8 +131,7 @@ def files_list() -> None:
     """List stored files, oldest first."""
     from loraflow import File
 
-    table = Table("filename", "rows", "size", "created")
-    table.columns.insert(0, Column("id", no_wrap=True))
+    table = Table(ID_COLUMN, Column("filename", overflow="fold"), "rows", "size", "created")
     for f in File.list().files:
         created = f.created_at.strftime("%Y-%m-%d %H:%M:%S") if f.created_at else ""
         table.add_row(f.id, f.filename, f"{f.rows or 0:,}", f"{f.size:,}", created)
@@ -160,6 +164,15 @@ def files_delete(file_id: str) -> None:
     from loraflow import File
 
     out.print(f"deleted {file_id}" if File.delete(file_id).deleted else f"{file_id} not found")
+
+
+@app.command()
+@handle_errors
+def demo() -> None:
+    """Run the pipeline on the bundled dataset with the embedded defaults."""
+    from flows.demo import run
+
+    run(out)
 
 
 def main() -> None:

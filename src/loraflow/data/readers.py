@@ -201,7 +201,9 @@ def read_jsonl(data: bytes | Path, report: ValidationReport, max_chars: int) -> 
     report.columns = list(seen_columns)
     extra = [c for c in seen_columns if c not in {*COLUMN_SETS[0], *COLUMN_SETS[1], "messages"}]
     if extra:
-        report.add("columns", f"extra keys ignored: {', '.join(map(repr, extra))}", severity="warning")
+        report.add(
+            "columns", f"extra keys ignored: {', '.join(map(repr, extra))}", severity="warning"
+        )
     schema = {"prompt": pl.String, "response": pl.String, "messages": pl.String}
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     if frame["messages"].null_count() == len(frame):
@@ -230,8 +232,13 @@ def _parse_json_row(
             values = [obj[w] for w in wanted]
             for key, value in zip(wanted, values, strict=True):
                 if value is not None and not isinstance(value, str):
-                    report.add("json", f"must be a string, not {type(value).__name__}",
-                               line=number, column=key, value=value)
+                    report.add(
+                        "json",
+                        f"must be a string, not {type(value).__name__}",
+                        line=number,
+                        column=key,
+                        value=value,
+                    )
                     return None
             return {"prompt": values[0], "response": values[1], "messages": None}
     report.add(
@@ -266,7 +273,9 @@ def chat_problem(messages: Any, max_chars: int | None = None) -> str | None:
         if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
             return f"message {index} must be an object with role and content"
         if message.get("role") not in ROLES:
-            return f"message {index} has role {message.get('role')!r}; use system, user or assistant"
+            return (
+                f"message {index} has role {message.get('role')!r}; use system, user or assistant"
+            )
         content = message.get("content")
         if not isinstance(content, str) or not content.strip():
             return f"message {index} ({message['role']}) has no text content"

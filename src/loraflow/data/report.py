@@ -99,9 +99,7 @@ class ValidationReport:
 
     def counts(self, severity: Severity | None = None) -> dict[str, int]:
         """Number of problems per check, optionally of one severity."""
-        return dict(
-            Counter(i["check"] for i in self.issues if severity in (None, i["severity"]))
-        )
+        return dict(Counter(i["check"] for i in self.issues if severity in (None, i["severity"])))
 
     def sort(self) -> None:
         """Order problems by line, file-level ones (no line) first."""

@@ -8,7 +8,9 @@ from pathlib import Path
 import polars as pl
 
 
-def split_frame(frame: pl.DataFrame, fraction: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def split_frame(
+    frame: pl.DataFrame, fraction: float, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split off ``fraction`` of the rows (at least one) as validation, reproducibly per seed.
 
     Both parts keep the original row order. Raises ValueError when too few rows to split.
@@ -39,10 +41,16 @@ def write_dataset(frame: pl.DataFrame, path: Path) -> Path:
         return target
     target = path.with_suffix(".jsonl")
     with target.open("w", encoding="utf-8") as out:
-        for prompt, response, messages in frame.select("prompt", "response", "messages").iter_rows():
-            row = {"messages": json.loads(messages)} if messages else {
-                "prompt": prompt,
-                "response": response,
-            }
+        for prompt, response, messages in frame.select(
+            "prompt", "response", "messages"
+        ).iter_rows():
+            row = (
+                {"messages": json.loads(messages)}
+                if messages
+                else {
+                    "prompt": prompt,
+                    "response": response,
+                }
+            )
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     return target

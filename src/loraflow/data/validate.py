@@ -53,7 +53,10 @@ def schema(config: ValidationConfig) -> Any:
         return pa.Column(
             pl.String,
             nullable=False,
-            checks=[pa.Check(not_blank, error="not_blank"), pa.Check(max_length, error="max_length")],
+            checks=[
+                pa.Check(not_blank, error="not_blank"),
+                pa.Check(max_length, error="max_length"),
+            ],
         )
 
     return pa.DataFrameSchema(
