@@ -15,6 +15,7 @@ from loraflow import File
 from loraflow.cli import ID_COLUMN
 from loraflow.data import validate
 from loraflow.data.sources import resolve_source
+from loraflow.orchestration import prefect_api
 from loraflow.settings import get_settings
 
 
@@ -26,7 +27,8 @@ def run(console: Console | None = None) -> None:
     console.rule("[bold]loraflow demo")
     console.print(f"home: {settings.home}   storage: {settings.storage_url}")
     console.print(validate(resolve_source(config.source)).report.describe())
-    result = ingest(config)
+    with prefect_api(settings):
+        result = ingest(config)
     table = Table(ID_COLUMN, Column("filename", overflow="fold"), "rows", "sha256")
     for f in File.list().files:
         if f.id in {result.training_file, result.validation_file}:
@@ -34,7 +36,7 @@ def run(console: Console | None = None) -> None:
     console.print(table)
     console.print(
         "Next: [bold]loraflow files list[/bold], [bold]loraflow validate <your.csv>[/bold]; "
-        "the flow run is in the Prefect UI when PREFECT_API_URL points at a server."
+        "runs show in the Prefect UI when LORAFLOW_PREFECT_API_URL names a Prefect server."
     )
 
 

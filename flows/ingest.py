@@ -14,6 +14,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow.data.sources import resolve_source
+from loraflow.orchestration import prefect_api
 from loraflow.settings import ValidationConfig, get_settings
 from tasks.files import split_dataset, upload_file
 from tasks.validate import validate_dataset
@@ -90,7 +91,8 @@ def main(argv: list[str]) -> None:
     config = IngestConfig()
     if len(argv) > 1:
         config = IngestConfig.model_validate(yaml.safe_load(Path(argv[1]).read_text()) or {})
-    print(ingest(config).model_dump_json(indent=2))
+    with prefect_api():
+        print(ingest(config).model_dump_json(indent=2))
 
 
 if __name__ == "__main__":

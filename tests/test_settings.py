@@ -77,3 +77,16 @@ def test_mask_url() -> None:
     assert mask_url("https://u:p@h:8080/x") == "https://u:***@h:8080/x"
     assert mask_url("https://h/x") == "https://h/x"
     assert mask_url(None) is None
+
+
+def test_prefect_api_url_is_applied_by_entry_points() -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from loraflow.orchestration import prefect_api
+
+    before = PREFECT_API_URL.value()
+    with prefect_api(Settings(prefect_api_url="http://127.0.0.1:4299/api")):
+        assert PREFECT_API_URL.value() == "http://127.0.0.1:4299/api"
+    assert PREFECT_API_URL.value() == before
+    with prefect_api(Settings()):
+        assert PREFECT_API_URL.value() == before

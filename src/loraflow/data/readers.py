@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import json
 from collections.abc import Callable
@@ -125,22 +126,34 @@ def read_csv(data: bytes | Path, report: ValidationReport) -> Table | None:
     mapping = pick_columns(raw.columns, report)
     if mapping is None:
         return None
-    newlines = pl.sum_horizontal(
-        pl.col(c).str.count_matches("\n", literal=True).fill_null(0) for c in raw.columns
-    )
-    header_lines = 1 + sum(c.count("\n") for c in raw.columns)
     frame = raw.select(
         *(pl.col(src).alias(dst) for src, dst in mapping.items()),
         _all_null=pl.all_horizontal(pl.all().is_null()),
-        _lines=newlines + 1,
     )
     frame = _drop_trailing_empty(frame)
 
-    def line_of(rows: pl.Series) -> pl.Series:
-        starts = frame["_lines"].cum_sum() - frame["_lines"] + header_lines + 1
-        return starts.gather(rows)
+    @functools.cache
+    def first_lines() -> pl.Series:
+        # A record spans one line plus the newlines inside its quoted fields (in any column);
+        # computed only when a problem needs its line.
+        spans = (
+            raw.head(len(frame))
+            .select(
+                pl.sum_horizontal(
+                    pl.col(c).str.count_matches("\n", literal=True).fill_null(0)
+                    for c in raw.columns
+                )
+                + 1
+            )
+            .to_series()
+        )
+        header_lines = 1 + sum(c.count("\n") for c in raw.columns)
+        return spans.cum_sum() - spans + header_lines + 1
 
-    return Table(frame=frame.drop("_lines"), line_of=line_of, records=len(frame))
+    def line_of(rows: pl.Series) -> pl.Series:
+        return first_lines().gather(rows)
+
+    return Table(frame=frame, line_of=line_of, records=len(frame))
 
 
 def _drop_trailing_empty(frame: pl.DataFrame) -> pl.DataFrame:

@@ -1,0 +1,18 @@
+"""Importing the SDK, the CLI and the flows stays light: heavy libraries load on first use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "transformers", "peft", "accelerate", "mlflow")
+
+
+def test_heavy_libraries_are_not_imported_eagerly() -> None:
+    code = (
+        "import sys, loraflow, loraflow.cli, flows.ingest\n"
+        "from loraflow import File\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
