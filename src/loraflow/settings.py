@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     home: Path = Field(
         Path("~/.loraflow"), description="Directory for local state: storage, MLflow, caches."
     )
+    models_dir: Path | None = Field(
+        None, description="Where prepared base models live. Default: <home>/models."
+    )
     storage_uri: str | None = Field(
         None,
         description="file:///dir or s3://bucket/prefix. Default: file://<home>/storage.",
@@ -95,10 +98,10 @@ class Settings(BaseSettings):
     )
     validation: ValidationConfig = ValidationConfig()
 
-    @field_validator("home")
+    @field_validator("home", "models_dir")
     @classmethod
-    def _expand_home(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("storage_uri")
     @classmethod
@@ -131,6 +134,11 @@ class Settings(BaseSettings):
     def storage_url(self) -> str:
         """The effective storage URI."""
         return self.storage_uri or (self.home / "storage").as_uri()
+
+    @property
+    def models_path(self) -> Path:
+        """The effective directory of prepared base models."""
+        return self.models_dir or self.home / "models"
 
     @property
     def tracking_uri(self) -> str:
