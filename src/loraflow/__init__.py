@@ -19,20 +19,21 @@ from loraflow.errors import (
 )
 
 if TYPE_CHECKING:
-    from loraflow.sdk import File
+    from loraflow.sdk import File, FineTune
 
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DataValidationError",
     "File",
+    "FineTune",
     "InvalidRequestError",
     "LoraflowError",
     "NotFoundError",
     "StorageError",
     "__version__",
 ]
-_LAZY = {"File": "loraflow.sdk"}
+_LAZY = {"File": "loraflow.sdk", "FineTune": "loraflow.sdk"}
 
 
 def __getattr__(name: str) -> Any:

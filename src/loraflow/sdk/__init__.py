@@ -1,5 +1,6 @@
-"""The Python SDK, shaped like LLM Engine's client: ``File`` (and, as they land, the rest)."""
+"""The Python SDK, shaped like LLM Engine's client: ``File``, ``FineTune`` (and, as they land, the rest)."""
 
 from loraflow.sdk.file import File
+from loraflow.sdk.fine_tune import FineTune
 
-__all__ = ["File"]
+__all__ = ["File", "FineTune"]

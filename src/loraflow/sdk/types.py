@@ -7,6 +7,7 @@ them unchanged. Fields beyond the client's are optional extras it ignores.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -35,3 +36,34 @@ class GetFileContentResponse(BaseModel):
 
 class DeleteFileResponse(BaseModel):
     deleted: bool
+
+
+FineTuneStatus = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
+
+
+class CreateFineTuneResponse(BaseModel):
+    id: str
+
+
+class GetFineTuneResponse(BaseModel):
+    id: str
+    fine_tuned_model: str | None = None
+    status: FineTuneStatus
+
+
+class ListFineTunesResponse(BaseModel):
+    jobs: list[GetFineTuneResponse]
+
+
+class CancelFineTuneResponse(BaseModel):
+    success: bool
+
+
+class LLMFineTuneEvent(BaseModel):
+    timestamp: float | None = None
+    message: str
+    level: str
+
+
+class GetFineTuneEventsResponse(BaseModel):
+    events: list[LLMFineTuneEvent]

@@ -1,0 +1,1 @@
+"""Prefect deployment definitions for loraflow's flows."""

@@ -1,0 +1,225 @@
+"""``FineTune``: start, watch, cancel and wait for fine-tunes, as LLM Engine's client does.
+
+Each job is a Prefect flow run of the ``fine-tune/loraflow`` deployment named by its ``ft-``
+id, so every job is visible (and cancellable) in the Prefect UI too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from loraflow.errors import LoraflowError, NotFoundError
+from loraflow.fine_tuning import (
+    STATUS,
+    TAG,
+    TERMINAL,
+    FineTuneRequest,
+    check_job_id,
+    check_request,
+    model_name,
+    new_job_id,
+)
+from loraflow.sdk.types import (
+    CancelFineTuneResponse,
+    CreateFineTuneResponse,
+    GetFineTuneEventsResponse,
+    GetFineTuneResponse,
+    ListFineTunesResponse,
+    LLMFineTuneEvent,
+)
+
+DEPLOYMENT = "fine-tune/loraflow"
+LOG_PAGE = 200
+
+
+class FineTuneTimeoutError(LoraflowError, TimeoutError):
+    """``FineTune.wait`` ran out of time; the job goes on."""
+
+
+def _client() -> Any:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _run(client: Any, job_id: str) -> Any:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
+
+    check_job_id(job_id)
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[job_id]), tags=FlowRunFilterTags(all_=[TAG])
+        ),
+        limit=1,
+    )
+    if not runs:
+        raise NotFoundError(f"The specified fine-tune job could not be found: {job_id}")
+    return runs[0]
+
+
+def _response(run: Any) -> GetFineTuneResponse:
+    state = run.state.type.value if run.state else "PENDING"
+    config = run.parameters.get("config") or {}
+    return GetFineTuneResponse(
+        id=run.name,
+        fine_tuned_model=config.get("fine_tuned_model"),
+        status=STATUS.get(state, "PENDING"),
+    )
+
+
+def _state_message(state: Any) -> str:
+    """``status: RUNNING (Running)``, plus Prefect's message when it has one."""
+    text = f"status: {STATUS.get(state.type.value, 'PENDING')} ({state.name})"
+    return f"{text}: {state.message}" if state.message else text
+
+
+class FineTune:
+    """Fine-tune jobs. Every method is a classmethod, as in LLM Engine's client."""
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        training_file: str,
+        validation_file: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        wandb_config: dict[str, Any] | None = None,
+        suffix: str | None = None,
+    ) -> CreateFineTuneResponse:
+        """Check the request and start the job; returns at once with its id, never waits.
+
+        Raises InvalidRequestError / NotFoundError before anything starts when the base model,
+        a file, a hyperparameter or the suffix is wrong.
+        """
+        from prefect.exceptions import ObjectNotFound
+
+        if wandb_config:
+            raise LoraflowError("wandb_config is not supported: loraflow tracks runs in MLflow")
+        request = FineTuneRequest(
+            model=model,
+            training_file=training_file,
+            validation_file=validation_file,
+            hyperparameters=hyperparameters or {},
+            suffix=suffix,
+        )
+        checked = check_request(request)
+        request.fine_tuned_model = model_name(checked.spec.name, suffix)
+        job_id = new_job_id()
+        with _client() as client:
+            try:
+                deployment = client.read_deployment_by_name(DEPLOYMENT)
+            except ObjectNotFound:
+                raise LoraflowError(
+                    f"no {DEPLOYMENT} deployment on the Prefect API at {client.api_url}: start "
+                    "one with `loraflow worker` (or `make up`)"
+                ) from None
+            client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={"config": request.model_dump()},
+                name=job_id,
+                tags=[TAG],
+            )
+        return CreateFineTuneResponse(id=job_id)
+
+    @classmethod
+    def get(cls, fine_tune_id: str) -> GetFineTuneResponse:
+        """Status and output model name of a job. Raises NotFoundError."""
+        with _client() as client:
+            return _response(_run(client, fine_tune_id))
+
+    @classmethod
+    def list(cls) -> ListFineTunesResponse:
+        """Every fine-tune job, oldest first."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with _client() as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[TAG])),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            )
+        return ListFineTunesResponse(jobs=[_response(r) for r in runs])
+
+    @classmethod
+    def cancel(cls, fine_tune_id: str) -> CancelFineTuneResponse:
+        """Ask the job to stop; it checkpoints and ends CANCELLED. False if already finished."""
+        from prefect.states import Cancelled, Cancelling
+
+        with _client() as client:
+            run = _run(client, fine_tune_id)
+            if _response(run).status in TERMINAL:
+                return CancelFineTuneResponse(success=False)
+            waiting = run.state is not None and run.state.type.value in {"SCHEDULED", "PENDING"}
+            state = Cancelled(message="cancelled before it started") if waiting else Cancelling()
+            client.set_flow_run_state(run.id, state, force=True)
+        return CancelFineTuneResponse(success=True)
+
+    @classmethod
+    def get_events(cls, fine_tune_id: str) -> GetFineTuneEventsResponse:
+        """The job's state changes and log: lifecycle messages and one line of metrics a step."""
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+        from prefect.client.schemas.sorting import LogSort
+
+        with _client() as client:
+            run = _run(client, fine_tune_id)
+            events = [
+                (s.timestamp.timestamp(), _state_message(s), "info")
+                for s in client.read_flow_run_states(run.id)
+            ]
+            log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            offset = 0
+            while page := client.read_logs(
+                log_filter=log_filter, limit=LOG_PAGE, offset=offset, sort=LogSort.TIMESTAMP_ASC
+            ):
+                events += [
+                    (
+                        log.timestamp.timestamp(),
+                        log.message,
+                        logging.getLevelName(log.level).lower(),
+                    )
+                    for log in page
+                ]
+                offset += len(page)
+        events.sort(key=lambda e: e[0])
+        return GetFineTuneEventsResponse(
+            events=[LLMFineTuneEvent(timestamp=t, message=m, level=lv) for t, m, lv in events]
+        )
+
+    @classmethod
+    def wait(cls, fine_tune_id: str, timeout: float | None = None) -> GetFineTuneResponse:
+        """Poll until the job ends (SUCCESS, FAILURE or CANCELLED) and return its status.
+
+        Polls after 0.2 s, then 10 % longer each time, at most 60 s apart. Raises
+        FineTuneTimeoutError after ``timeout`` seconds (the job goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            job = cls.get(fine_tune_id)
+            if job.status in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise FineTuneTimeoutError(
+                    f"{fine_tune_id} is still {job.status} after {timeout} s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.1, 60.0)
+
+    @classmethod
+    def resume(cls, fine_tune_id: str) -> GetFineTuneResponse:
+        """Run a FAILURE (e.g. a killed worker) again; it resumes from its last checkpoint.
+
+        The same as Retry in the Prefect UI. Not in LLM Engine's client.
+        """
+        from prefect.states import AwaitingRetry
+
+        with _client() as client:
+            run = _run(client, fine_tune_id)
+            if _response(run).status != "FAILURE":
+                raise LoraflowError(
+                    f"{fine_tune_id} is {_response(run).status}; only a FAILURE resumes"
+                )
+            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+            return _response(client.read_flow_run(run.id))

@@ -1,0 +1,186 @@
+"""MLflow tracking of fine-tunes: params, per-step metrics, the loss curve, and the adapter.
+
+The adapter is logged as an MLflow pyfunc model holding the LoRA weights plus a reference to
+its base model (zoo name and revision), never as a transformers model: MLflow's transformers
+flavor reloads a PeftModel whose base has no hub id with random attention weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+from loraflow.settings import Settings, get_settings
+
+EXPERIMENT = "loraflow-fine-tunes"
+BASE_REF = "base_model.json"
+PIP_REQUIREMENTS = ["loraflow", "torch==2.13.0", "transformers==5.23.*", "peft==0.21.*"]
+
+
+def configure(settings: Settings | None = None) -> str:
+    """Point MLflow at loraflow's tracking URI and experiment; returns the experiment id.
+
+    Artifacts go to the object store (``<storage>/mlflow-artifacts``).
+    """
+    settings = settings or get_settings()
+    if settings.s3_endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    found = mlflow.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        mlflow.set_experiment(experiment_id=found.experiment_id)
+        return found.experiment_id
+    location = settings.storage_url.rstrip("/") + "/mlflow-artifacts"
+    experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def code_version() -> str:
+    """loraflow's git commit when run from a checkout, else its package version."""
+    from loraflow import __version__
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as ``a.b`` keys with string values (MLflow params are flat)."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif value is not None:
+            flat[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return flat
+
+
+class MlflowReporter:
+    """Sends the training loop's metrics to the active MLflow run."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def event(self, message: str, level: str = "info") -> None:
+        pass  # events live in the job's log; MLflow keeps numbers
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        mlflow.log_metrics(values, step=step)
+        self.history.append({"step": step, **values})
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def log_loss_curve(history: list[dict[str, float]]) -> None:
+    """Log the training and validation loss against step as ``loss_curve.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="training loss")
+    evals = [h for h in history if "eval_loss" in h]
+    if evals:
+        ax.plot(
+            [h["step"] for h in evals],
+            [h["eval_loss"] for h in evals],
+            "o-",
+            label="validation loss",
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (response tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    mlflow.log_figure(fig, "loss_curve.png")
+    plt.close(fig)
+
+
+class AdapterModel(PythonModel):
+    """An MLflow pyfunc: a LoRA adapter applied to its base model, greedy completion in predict."""
+
+    def load_context(self, context: Any) -> None:
+        self.model, self.tokenizer = load_adapter(Path(context.artifacts["adapter"]))
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import torch
+
+        prompts = list(model_input["prompt"] if hasattr(model_input, "columns") else model_input)
+        max_new = int((params or {}).get("max_new_tokens", 64))
+        answers = []
+        for prompt in prompts:
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                return_dict=True,
+            )
+            with torch.no_grad():
+                out = self.model.generate(**ids, max_new_tokens=max_new, do_sample=False)
+            answers.append(
+                self.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+            )
+        return answers
+
+
+def write_base_ref(adapter_dir: Path, base_name: str, revision: str) -> None:
+    """Record which base model (zoo name and revision) the adapter belongs to."""
+    (adapter_dir / BASE_REF).write_text(json.dumps({"name": base_name, "revision": revision}))
+
+
+def load_adapter(adapter_dir: Path) -> tuple[Any, Any]:
+    """The base model named in ``adapter_dir`` with the adapter applied, and its tokenizer.
+
+    Raises LoraflowError when the base model prepared here has another revision than the one
+    the adapter was trained on.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loraflow.errors import LoraflowError
+    from loraflow.models import model_revision, prepare, resolve_model
+
+    ref = json.loads((adapter_dir / BASE_REF).read_text())
+    base_dir = prepare(resolve_model(ref["name"]))
+    if model_revision(base_dir) != ref["revision"]:
+        raise LoraflowError(
+            f"adapter {adapter_dir} was trained on {ref['name']} revision {ref['revision']}, "
+            f"but {base_dir} holds revision {model_revision(base_dir)}"
+        )
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    return model, AutoTokenizer.from_pretrained(adapter_dir)
+
+
+def log_adapter(adapter_dir: Path) -> str:
+    """Log the adapter as the run's pyfunc model ``model``; returns its model URI."""
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(["a prompt"], ["an answer"], params={"max_new_tokens": 64})
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=AdapterModel(),
+        artifacts={"adapter": str(adapter_dir)},
+        pip_requirements=PIP_REQUIREMENTS,
+        signature=signature,
+    )
+    return info.model_uri

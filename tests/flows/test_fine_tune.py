@@ -1,0 +1,225 @@
+"""Fine-tune jobs end to end: FineTune SDK -> Prefect deployment -> a real runner process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from loraflow import FineTune, InvalidRequestError, NotFoundError
+from loraflow.settings import reset
+from loraflow.storage import get_store
+from tests.helpers import write
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {"epochs": 2, "batch_size": 4, "lr": 0.01}
+
+
+@pytest.fixture(scope="module")
+def job_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One loraflow home for this module, shared with the runner process."""
+    return tmp_path_factory.mktemp("ft-home")
+
+
+@pytest.fixture(autouse=True)
+def use_job_home(job_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAFLOW_HOME", str(job_home))
+    reset()
+
+
+@pytest.fixture(scope="module")
+def runner(prefect_harness: None, job_home: Path, models_dir: Path) -> Iterator[subprocess.Popen]:
+    """`loraflow worker` in its own process, serving the deployments to the harness's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLOW_")}
+    env |= {
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "LORAFLOW_HOME": str(job_home),
+        "LORAFLOW_MODELS_DIR": str(models_dir),
+    }
+    log = (job_home / "runner.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loraflow", "worker", "--limit", "2", "--poll", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                client.read_deployment_by_name("fine-tune/loraflow")
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((job_home / "runner.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def training_file(tmp_path: Path) -> str:
+    rows = "\n".join(f"How do I do thing {i}?,You do thing {i} in Settings." for i in range(40))
+    return FineTune_upload(write(tmp_path, "train.csv", "prompt,response\n" + rows + "\n"))
+
+
+def FineTune_upload(path: Path) -> str:
+    from loraflow import File
+
+    return File.upload(path).id
+
+
+def messages(job_id: str) -> list[str]:
+    return [e.message for e in FineTune.get_events(job_id).events]
+
+
+def wait_for_event(job_id: str, pattern: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [m for m in messages(job_id) if re.search(pattern, m)]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no event matching {pattern!r} for {job_id}: {messages(job_id)[-10:]}")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"model": "no-such-model"}, InvalidRequestError, "unknown base model"),
+        ({"hyperparameters": {"learning_rate": 1}}, InvalidRequestError, "known: lr"),
+        ({"hyperparameters": {"epochs": 50}}, InvalidRequestError, "epochs"),
+        (
+            {"hyperparameters": {"peft_config": {"lora_alpha": "x"}}},
+            InvalidRequestError,
+            "lora_alpha",
+        ),
+        ({"training_file": "file-doesnotexist0000"}, NotFoundError, "Training file does not exist"),
+        ({"training_file": "../etc/passwd"}, InvalidRequestError, "training_file"),
+        ({"validation_file": "file-doesnotexist0000"}, NotFoundError, "Validation file"),
+        ({"suffix": "has spaces"}, InvalidRequestError, "suffix is invalid"),
+        ({"suffix": "x" * 29}, InvalidRequestError, "at most 28"),
+    ],
+)
+def test_bad_requests_fail_before_any_run_starts(
+    runner: subprocess.Popen, training_file: str, kwargs: dict, error: type, match: str
+) -> None:
+    before = len(FineTune.list().jobs)
+    args = {"model": "tiny-llama-test", "training_file": training_file, **kwargs}
+    with pytest.raises(error, match=match):
+        FineTune.create(**args)
+    assert len(FineTune.list().jobs) == before
+
+
+def test_unknown_job_ids(runner: subprocess.Popen) -> None:
+    with pytest.raises(NotFoundError, match="could not be found"):
+        FineTune.get("ft-aaaaaaaaaaaaaaaaaaaa")
+    with pytest.raises(InvalidRequestError):
+        FineTune.get("ft-../x")
+
+
+def test_fine_tune_runs_to_success_with_events_tracking_and_outputs(
+    runner: subprocess.Popen, training_file: str
+) -> None:
+    started = time.monotonic()
+    job = FineTune.create("tiny-llama-test", training_file, hyperparameters=TINY, suffix="support")
+    assert time.monotonic() - started < 2.0  # never waits for training
+    assert re.fullmatch(r"ft-[a-z0-9]{20}", job.id)
+    assert FineTune.get(job.id).status in {"PENDING", "RUNNING"}
+
+    done = FineTune.wait(job.id, timeout=180)
+    assert done.status == "SUCCESS", messages(job.id)[-20:]
+    assert re.fullmatch(r"tiny-llama-test\.support\.\d{6}-\d{6}", done.fine_tuned_model)
+    assert job.id in [j.id for j in FineTune.list().jobs]
+
+    wait_for_event(job.id, r"succeeded")  # logs reach the API in batches, just after the state
+    events = FineTune.get_events(job.id).events
+    metric_lines = [e for e in events if e.message.startswith("{'loss'")]
+    assert len(metric_lines) == 2 * 9  # 36 training rows (4 split off), batches of 4
+    assert all(e.timestamp and e.level == "info" for e in metric_lines)
+    assert [m for m in messages(job.id) if m.startswith("status: ")][-1].startswith(
+        "status: SUCCESS (Completed)"
+    )
+    assert any("is ready" in m for m in messages(job.id))
+
+    record = json.loads(get_store().get_bytes(f"models/{done.fine_tuned_model}.json"))
+    assert record["job_id"] == job.id and record["base_model"] == "tiny-llama-test"
+    assert get_store().exists(f"fine-tunes/{job.id}/adapter/adapter_model.safetensors")
+    mlflow.set_tracking_uri(f"sqlite:///{Path(os.environ['LORAFLOW_HOME']) / 'mlflow.db'}")
+    run = mlflow.get_run(record["mlflow_run_id"])
+    assert run.data.params["training_file"] == training_file
+    assert run.data.params["base_model"] == "tiny-llama-test"
+    assert run.data.params["lr"] == "0.01"
+    assert len(run.data.params["training_sha256"]) == 64
+    assert run.data.tags["loraflow.job_id"] == job.id
+    assert "prefect.flow_run_id" in run.data.tags
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert len(history) == 18
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert "loss_curve.png" in artifacts
+
+
+def test_cancel_checkpoints_and_ends_cancelled(
+    runner: subprocess.Popen, training_file: str
+) -> None:
+    job = FineTune.create(
+        "tiny-llama-test", training_file, hyperparameters={**TINY, "epochs": 19, "batch_size": 1}
+    )
+    wait_for_event(job.id, r"^\{'loss'")
+    assert FineTune.cancel(job.id).success is True
+    done = FineTune.wait(job.id, timeout=60)
+    assert done.status == "CANCELLED"
+    stopped = wait_for_event(job.id, r"cancelled at step \d+")
+    step = int(re.search(r"step (\d+)", stopped).group(1))
+    assert step < 19 * 36
+    latest = json.loads(get_store().get_bytes(f"fine-tunes/{job.id}/checkpoints/latest.json"))
+    assert latest["step"] == step
+    assert FineTune.cancel(job.id).success is False  # already ended
+
+
+def test_killed_run_resumes_from_its_checkpoint(
+    runner: subprocess.Popen, training_file: str
+) -> None:
+    job = FineTune.create(
+        "tiny-llama-test",
+        training_file,
+        hyperparameters={**TINY, "epochs": 6, "batch_size": 1, "save_every": 10},
+    )
+    pid = int(re.search(r"process (\d+)", wait_for_event(job.id, r"training in process")).group(1))
+    wait_for_event(job.id, r"checkpoint saved at step 20")
+    os.kill(pid, signal.SIGKILL)
+    assert FineTune.wait(job.id, timeout=60).status == "FAILURE"
+
+    assert FineTune.resume(job.id).status == "PENDING"
+    done = FineTune.wait(job.id, timeout=180)
+    assert done.status == "SUCCESS", messages(job.id)[-20:]
+    resumed = wait_for_event(job.id, r"resumed from the checkpoint at step")
+    assert int(resumed.rsplit(" ", 1)[1]) >= 20
+
+
+def test_failure_inside_training_ends_failure_with_the_cause(
+    runner: subprocess.Popen, training_file: str
+) -> None:
+    job = FineTune.create(
+        "tiny-llama-test", training_file, hyperparameters={**TINY, "max_length": 8}
+    )
+    assert FineTune.wait(job.id, timeout=120).status == "FAILURE"
+    assert any("no training example has response tokens" in m for m in messages(job.id))
