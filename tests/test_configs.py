@@ -8,10 +8,23 @@ import pytest
 import yaml
 
 from flows.ingest import IngestConfig
+from loraflow.fine_tuning import FineTuneRequest
+from loraflow.models.zoo import ModelSpec
 from loraflow.settings import Settings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-MODELS = {"stack.yaml": Settings, "ingest.yaml": IngestConfig}
+
+
+class Zoo:
+    """configs/models.yaml: a mapping of names to model specs."""
+
+    @staticmethod
+    def model_validate(raw: dict) -> None:
+        for name, body in raw.items():
+            ModelSpec(name=name, **body)
+
+
+MODELS = {"stack.yaml": Settings, "ingest.yaml": IngestConfig, "models.yaml": Zoo}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -20,10 +33,11 @@ def test_config_file_loads(path: Path) -> None:
     MODELS[path.name].model_validate(yaml.safe_load(path.read_text()) or {})
 
 
-def test_flow_config_defaults_are_plain() -> None:
+@pytest.mark.parametrize("model", [IngestConfig, FineTuneRequest], ids=lambda m: m.__name__)
+def test_flow_config_defaults_are_plain(model: type) -> None:
     """The Prefect UI shows default_factory fields empty: every field needs a plain default."""
-    schema = IngestConfig.model_json_schema()
-    assert set(schema["properties"]) == set(IngestConfig.model_fields)
-    for name, field in IngestConfig.model_fields.items():
+    schema = model.model_json_schema()
+    assert set(schema["properties"]) == set(model.model_fields)
+    for name, field in model.model_fields.items():
         assert field.default_factory is None, name
         assert field.description, name

@@ -124,7 +124,12 @@ class AdapterModel(PythonModel):
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import torch
 
-        prompts = list(model_input["prompt"] if hasattr(model_input, "columns") else model_input)
+        if hasattr(
+            model_input, "columns"
+        ):  # MLflow passes a DataFrame: "prompt" or the only column
+            column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
+            model_input = model_input[column]
+        prompts = [str(p) for p in model_input]
         max_new = int((params or {}).get("max_new_tokens", 64))
         answers = []
         for prompt in prompts:

@@ -58,3 +58,15 @@ def test_cancel_saves_a_checkpoint_and_stops(tiny_plan) -> None:  # type: ignore
     assert caught.value.step == 3
     assert plan.checkpoints.latest().step == 3
     assert len(reporter.history) == 3
+
+
+def test_one_process_can_train_twice_with_different_precisions(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    fp32 = tiny_plan(out="a", epochs=1)
+    Trainer(fp32, RecordingReporter()).run()
+    auto = tiny_plan(out="b", epochs=1)
+    auto.spec = auto.spec.model_copy(update={"dtype": "auto"})  # bf16 autocast where supported
+    auto.checkpoints.prefix = "fine-tunes/ft-auto/checkpoints"
+    assert Trainer(auto, RecordingReporter()).run().steps == 14
+    again = tiny_plan(out="c", epochs=1)
+    again.checkpoints.prefix = "fine-tunes/ft-again/checkpoints"
+    assert Trainer(again, RecordingReporter()).run().steps == 14

@@ -1,4 +1,4 @@
-"""The Python SDK, shaped like LLM Engine's client: ``File``, ``FineTune`` (and, as they land, the rest)."""
+"""The Python SDK, shaped like LLM Engine's client: ``File``, ``FineTune`` and, later, the rest."""
 
 from loraflow.sdk.file import File
 from loraflow.sdk.fine_tune import FineTune

@@ -87,6 +87,21 @@ def device_dtype(spec: ModelSpec) -> tuple[Any, str]:
     return dtype, mixed
 
 
+def _accelerator(factory: Any, mixed: str) -> Any:
+    """An Accelerator with ``mixed`` precision, even if this process trained before with another.
+
+    accelerate keeps precision in a process-wide singleton and refuses a second, different one;
+    a process that runs several fine-tunes (Python imports of the flow) needs each its own.
+    Only the precision state is reset: the distributed process group is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed)) != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return factory(mixed_precision=mixed)
+
+
 class ResponseLoss(torch.nn.Module):
     """A peft model whose forward is the loss, so accelerate (and DDP) wrap one module.
 
@@ -126,7 +141,7 @@ class Trainer:
 
         plan, hp = self.plan, self.hp
         dtype, mixed = device_dtype(plan.spec)
-        self.accelerator = Accelerator(mixed_precision=mixed)
+        self.accelerator = _accelerator(Accelerator, mixed)
         self.tokenizer = AutoTokenizer.from_pretrained(plan.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:

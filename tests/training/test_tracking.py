@@ -1,0 +1,48 @@
+"""MLflow: the logged adapter reloads with exactly the trained model's logits."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from loraflow import tracking
+from loraflow.errors import LoraflowError
+from loraflow.models import model_revision
+from loraflow.training.loop import Trainer
+from tests.training.conftest import RecordingReporter
+
+
+def test_logged_adapter_reloads_with_identical_logits(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    plan = tiny_plan(epochs=1)
+    trainer = Trainer(plan, RecordingReporter())
+    result = trainer.run()
+    tracking.write_base_ref(result.adapter_dir, plan.spec.name, model_revision(plan.model_dir))
+    tracking.configure()
+    with mlflow.start_run():
+        uri = tracking.log_adapter(result.adapter_dir)
+    loaded = mlflow.pyfunc.load_model(uri)
+    reloaded = loaded.unwrap_python_model().model
+    ids = torch.tensor([[3, 17, 99, 250, 41, 7]])
+    with torch.no_grad():
+        trained = trainer._unwrapped().eval()(input_ids=ids).logits
+        again = reloaded(input_ids=ids).logits
+    assert torch.equal(trained, again)
+    base = reloaded.get_base_model()
+    with torch.no_grad(), reloaded.disable_adapter():
+        plain = base(input_ids=ids).logits
+    assert not torch.allclose(plain, again)  # the adapter really changes the output
+    (answer,) = loaded.predict(["How do I reset my password?"], params={"max_new_tokens": 4})
+    assert isinstance(answer, str)
+
+
+def test_reload_refuses_another_base_revision(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    plan = tiny_plan(epochs=1)
+    result = Trainer(plan, RecordingReporter()).run()
+    tracking.write_base_ref(result.adapter_dir, plan.spec.name, "tiny:some-other-revision")
+    with pytest.raises(LoraflowError, match="revision"):
+        tracking.load_adapter(result.adapter_dir)
+    ref = json.loads((result.adapter_dir / tracking.BASE_REF).read_text())
+    assert ref["name"] == "tiny-llama-test"
