@@ -38,6 +38,12 @@ class PrefectReporter:
         self.flow_run_id = flow_run_id
         self.stop = threading.Event()
         self._polled = time.monotonic()
+        self.progress = _progress_bar()
+
+    def begin(self, total_steps: int) -> None:
+        if self.progress:
+            self.progress.start()
+            self.task = self.progress.add_task("training", total=total_steps)
 
     def event(self, message: str, level: str = "info") -> None:
         self.logger.log(LEVELS.get(level, logging.INFO), message)
@@ -45,6 +51,15 @@ class PrefectReporter:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         shown = {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
         self.logger.info(str({**shown, "step": step}))
+        if self.progress:
+            loss = f"loss {values['loss']:.3f}" + (
+                f", eval {values['eval_loss']:.3f}" if "eval_loss" in values else ""
+            )
+            self.progress.update(self.task, completed=step, description=loss)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
 
     def should_stop(self) -> bool:
         if (
@@ -56,6 +71,30 @@ class PrefectReporter:
             if _is_cancelling(self.flow_run_id):
                 self.stop.set()
         return self.stop.is_set()
+
+
+def _progress_bar() -> Any:
+    """A progress bar on an interactive terminal (the demo, a notebook); None in workers and CI."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
 
 
 def _is_cancelling(flow_run_id: UUID) -> bool:
@@ -104,8 +143,11 @@ def train_adapter(config: FineTuneRequest, job_id: str) -> Any:
     reporter = PrefectReporter(get_run_logger(), _uuid(flow_run.id))
     reporter.event(f"training in process {os.getpid()}")
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
-    with stop_on_sigterm(reporter.stop):
-        return run_fine_tune(check_request(config), job_id, reporter, tags)
+    try:
+        with stop_on_sigterm(reporter.stop):
+            return run_fine_tune(check_request(config), job_id, reporter, tags)
+    finally:
+        reporter.close()
 
 
 def _uuid(value: Any) -> UUID | None:

@@ -79,6 +79,9 @@ class MlflowReporter:
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
 
+    def begin(self, total_steps: int) -> None:
+        mlflow.log_param("total_steps", total_steps)
+
     def event(self, message: str, level: str = "info") -> None:
         pass  # events live in the job's log; MLflow keeps numbers
 
@@ -122,29 +125,35 @@ class AdapterModel(PythonModel):
         self.model, self.tokenizer = load_adapter(Path(context.artifacts["adapter"]))
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        import torch
-
         if hasattr(
             model_input, "columns"
         ):  # MLflow passes a DataFrame: "prompt" or the only column
             column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
             model_input = model_input[column]
-        prompts = [str(p) for p in model_input]
         max_new = int((params or {}).get("max_new_tokens", 64))
-        answers = []
-        for prompt in prompts:
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-            )
-            with torch.no_grad():
-                out = self.model.generate(**ids, max_new_tokens=max_new, do_sample=False)
-            answers.append(
-                self.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-            )
-        return answers
+        return greedy_answers(self.model, self.tokenizer, [str(p) for p in model_input], max_new)
+
+
+def greedy_answers(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
+) -> list[str]:
+    """Greedy chat answers, one prompt at a time (a reference path, not the serving engine)."""
+    import torch
+
+    answers = []
+    for prompt in prompts:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        answers.append(
+            tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
+    return answers
 
 
 def write_base_ref(adapter_dir: Path, base_name: str, revision: str) -> None:

@@ -28,6 +28,11 @@ class RecordingReporter:
     events: list[tuple[str, str]] = field(default_factory=list)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
+    total_steps: int | None = None
+
+    def begin(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+
     def event(self, message: str, level: str = "info") -> None:
         self.events.append((level, message))
 

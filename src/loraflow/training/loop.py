@@ -37,6 +37,7 @@ class TrainingCancelled(LoraflowError):
 class Reporter(Protocol):
     """Where the loop sends what it does; the flow layer fans this out to Prefect and MLflow."""
 
+    def begin(self, total_steps: int) -> None: ...
     def event(self, message: str, level: str = "info") -> None: ...
     def metrics(self, step: int, values: dict[str, float]) -> None: ...
     def should_stop(self) -> bool: ...
@@ -290,6 +291,7 @@ class Trainer:
             "steps": self.total_steps,
         }
         rep.event(f"training on {stats}")
+        rep.begin(self.total_steps)
         if self.train_stats.truncated:
             rep.event(
                 f"{self.train_stats.truncated} example(s) truncated to the maximum length",

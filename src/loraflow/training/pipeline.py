@@ -48,6 +48,10 @@ class FanOut:
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = reporters
 
+    def begin(self, total_steps: int) -> None:
+        for r in self.reporters:
+            r.begin(total_steps)
+
     def event(self, message: str, level: str = "info") -> None:
         for r in self.reporters:
             r.event(message, level)
