@@ -1,0 +1,272 @@
+"""Benchmark: LoRA fine-tuning throughput, loraflow's trainer against Hugging Face's Trainer.
+
+Both train the same base model with the same LoRA config, hyperparameters, precision and data
+(lognormal prompt/response lengths, as real support or instruction data has). The baseline is
+the plain recipe: ``transformers.Trainer`` + peft, random order, padded to the batch maximum.
+Each run is its own subprocess (for a clean peak RSS) and the two alternate within this one
+benchmark run. Printed: real (non-pad) tokens/s of each over the training loop, their ratio,
+the validation loss of each after training (computed the same way), peak RSS, and loraflow's
+model FLOPs utilisation (4N + 6N_lora FLOPs a token against a measured matmul peak).
+
+    python benchmarks/finetune.py [--model smollm2-135m-instruct] [--rows 96] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+WORDS = (
+    "order account refund shipping delivery password card payment invoice address email "
+    "change cancel update reset track return item store app settings help please thanks when "
+    "where how what why can could would should my your the a an to of in on for with from is"
+).split()
+HYPER = {"lr": 2e-4, "epochs": 1, "batch_size": 8, "warmup_ratio": 0.03, "weight_decay": 0.001}
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
+
+
+def make_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """Prompt/response pairs whose word counts are lognormal (median 25 and 35, long tails)."""
+    rng = random.Random(seed)
+
+    def text(median: float) -> str:
+        words = min(400, max(3, int(rng.lognormvariate(math.log(median), 0.9))))
+        return " ".join(rng.choices(WORDS, k=words)).capitalize() + "."
+
+    return [(text(25), text(35)) for _ in range(n)]
+
+
+def frames(rows: int) -> tuple[Any, Any]:
+    import polars as pl
+
+    def frame(pairs: list[tuple[str, str]]) -> Any:
+        return pl.DataFrame({"prompt": [p for p, _ in pairs], "response": [r for _, r in pairs]})
+
+    return frame(make_rows(rows, 1)), frame(make_rows(max(8, rows // 8), 2))
+
+
+def setup(model: str) -> tuple[Any, Path, Any]:
+    from loraflow.models import prepare, resolve_model
+
+    spec = resolve_model(model)
+    return spec, prepare(spec), None
+
+
+def encoded(spec: Any, path: Path, frame: Any) -> list[Any]:
+    from transformers import AutoTokenizer
+
+    from loraflow.training.data import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    examples, _ = encode(frame, tokenizer, spec.chat_template, spec.max_length)
+    return examples
+
+
+def eval_loss(lm: Any, examples: list[Any], pad_id: int) -> float:
+    """Token-weighted loss on the response tokens, the same function for both trainers."""
+    import torch
+
+    from loraflow.training.data import collate
+    from loraflow.training.loop import ResponseLoss
+
+    loss_fn = ResponseLoss(lm).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), 8):
+            b = collate(examples, list(range(start, min(start + 8, len(examples)))), pad_id)
+            loss, n = loss_fn(b.input_ids, b.attention_mask, b.labels)
+            total, count = total + float(loss), count + int(n)
+    return total / count
+
+
+class Timer:
+    """Reporter (loraflow) / callback (HF) timing the loop from its first step to its last."""
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+        self.losses: list[float] = []
+
+    def begin(self, total_steps: int) -> None:
+        self.start = time.perf_counter()
+
+    def event(self, message: str, level: str = "info") -> None:
+        pass
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self.end = time.perf_counter()
+        self.losses.append(values["loss"])
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def child_loraflow(model: str, rows: int) -> dict[str, Any]:
+    from loraflow.storage.local import LocalStore
+    from loraflow.training.checkpoints import CheckpointStore
+    from loraflow.training.hyperparameters import parse_hyperparameters
+    from loraflow.training.loop import Trainer, TrainPlan
+
+    spec, path, _ = setup(model)
+    train, val = frames(rows)
+    hp = parse_hyperparameters({**HYPER, "peft_config": LORA, "save_every": 10_000})
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = TrainPlan(path, spec, hp, train, None, CheckpointStore(LocalStore(Path(tmp)), "c"), Path(tmp))
+        timer = Timer()
+        trainer = Trainer(plan, timer)
+        trainer.run()
+        lm = trainer._unwrapped()
+    tokens = sum(len(e.input_ids) for e in trainer.train_examples) * hp.epochs
+    val_examples = encoded(spec, path, val)
+    return {
+        "seconds": timer.end - timer.start,
+        "tokens": tokens,
+        "eval_loss": eval_loss(lm, val_examples, trainer.pad_id),
+        "lora_params": sum(p.numel() for p in lm.parameters() if p.requires_grad),
+        "params": sum(p.numel() for p in lm.parameters() if not p.requires_grad),
+    }
+
+
+def child_hf(model: str, rows: int) -> dict[str, Any]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from loraflow.training.loop import device_dtype
+
+    spec, path, _ = setup(model)
+    train, val = frames(rows)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    examples = encoded(spec, path, train)
+    data = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    dtype, mixed = device_dtype(spec)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    lm = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", target_modules=spec.target_modules, **LORA))
+    timer = Timer()
+
+    class Timing(TrainerCallback):
+        def on_train_begin(self, *a: Any, **k: Any) -> None:
+            timer.begin(0)
+
+        def on_train_end(self, *a: Any, **k: Any) -> None:
+            timer.end = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(
+            output_dir=tmp,
+            per_device_train_batch_size=HYPER["batch_size"],
+            num_train_epochs=HYPER["epochs"],
+            learning_rate=HYPER["lr"],
+            lr_scheduler_type="cosine",
+            warmup_steps=HYPER["warmup_ratio"],  # a float below 1 is a ratio in transformers 5
+            weight_decay=HYPER["weight_decay"],
+            max_grad_norm=1.0,
+            bf16=mixed == "bf16",
+            use_cpu=not torch.cuda.is_available(),
+            save_strategy="no",
+            logging_steps=1,
+            report_to=[],
+            seed=0,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=lm,
+            args=args,
+            train_dataset=data,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
+            callbacks=[Timing()],
+        )
+        trainer.train()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "seconds": timer.end - timer.start,
+        "tokens": sum(len(e.input_ids) for e in examples) * HYPER["epochs"],
+        "eval_loss": eval_loss(lm, encoded(spec, path, val), pad),
+    }
+
+
+def matmul_peak(mixed: str) -> float:
+    """Best FLOP/s of a large matmul in the training precision: the ceiling MFU is against."""
+    import torch
+
+    n, best = 2048, 0.0
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed == "bf16")
+    with ctx:
+        for _ in range(6):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def run_child(kind: str, model: str, rows: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--model", model, "--rows", str(rows)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--rows", type=int, default=96)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--child", choices=["loraflow", "hf"])
+    args = parser.parse_args()
+    if args.child:
+        result = (child_loraflow if args.child == "loraflow" else child_hf)(args.model, args.rows)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+
+    from loraflow.models import resolve_model
+    from loraflow.training.loop import device_dtype
+
+    mixed = device_dtype(resolve_model(args.model))[1]
+    print(f"model {args.model}, {args.rows} rows, {HYPER}, LoRA {LORA}, precision {mixed}")
+    results: dict[str, list[dict[str, Any]]] = {"hf": [], "loraflow": []}
+    for i in range(args.repeat):
+        for kind in ("hf", "loraflow"):
+            r = run_child(kind, args.model, args.rows)
+            results[kind].append(r)
+            print(f"  run {i + 1} {kind:8}: {r['tokens'] / r['seconds']:7.1f} real tokens/s, "
+                  f"{r['seconds']:6.1f} s, eval loss {r['eval_loss']:.4f}, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB")
+    speed = {k: statistics.median(r["tokens"] / r["seconds"] for r in v) for k, v in results.items()}
+    ours = results["loraflow"][-1]
+    flops_per_token = 4 * ours["params"] + 6 * ours["lora_params"]
+    peak = matmul_peak(mixed)
+    print(f"baseline (HF Trainer + peft, padded): {speed['hf']:.1f} real tokens/s")
+    print(f"loraflow trainer:                     {speed['loraflow']:.1f} real tokens/s")
+    print(f"ratio: loraflow is {speed['loraflow'] / speed['hf']:.2f}x the baseline (goal >= 3x)")
+    print(f"final eval loss: baseline {results['hf'][-1]['eval_loss']:.4f}, "
+          f"loraflow {ours['eval_loss']:.4f}")
+    print(f"peak RSS: baseline {results['hf'][-1]['peak_rss_mb']:.0f} MB, "
+          f"loraflow {ours['peak_rss_mb']:.0f} MB")
+    print(f"loraflow MFU: {speed['loraflow'] * flops_per_token / peak:.1%} "
+          f"({flops_per_token / 1e6:.0f} MFLOP a token, matmul peak {peak / 1e9:.0f} GFLOP/s)")
+
+
+if __name__ == "__main__":
+    main()
