@@ -16,7 +16,12 @@ def test_defaults_are_llm_engines() -> None:
 
 def test_numeric_strings_are_accepted() -> None:
     hp = parse_hyperparameters(
-        {"epochs": "3", "lr": "0.0002", "batch_size": "4", "peft_config": {"r": "16", "lora_alpha": "32"}}
+        {
+            "epochs": "3",
+            "lr": "0.0002",
+            "batch_size": "4",
+            "peft_config": {"r": "16", "lora_alpha": "32"},
+        }
     )
     assert (hp.epochs, hp.lr, hp.batch_size) == (3, 2e-4, 4)
     assert hp.lora() == {"r": 16, "lora_alpha": 32.0, "lora_dropout": 0.05}
