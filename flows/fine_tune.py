@@ -52,10 +52,11 @@ def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
         config = config.model_copy(
             update={"fine_tuned_model": model_name(checked.spec.name, config.suffix)}
         )
+        checked = checked.model_copy(update={"request": config})
     logger.info(f"fine-tune {job_id}: {config.model} -> {config.fine_tuned_model}")
     prepare_base_model(config.model)
     try:
-        outcome = train_adapter(config, job_id)
+        outcome = train_adapter(checked, job_id)
     except TrainingCancelled as exc:
         logger.info(str(exc))
         return Cancelled(message=str(exc))

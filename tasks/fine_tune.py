@@ -15,7 +15,7 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from loraflow.fine_tuning import FineTuneRequest, check_request
+from loraflow.fine_tuning import CheckedRequest
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -134,7 +134,7 @@ def prepare_base_model(model: str) -> str:
 
 
 @task(name="train-adapter", tags=["loraflow", "training"], cache_policy=NO_CACHE)
-def train_adapter(config: FineTuneRequest, job_id: str) -> Any:
+def train_adapter(checked: CheckedRequest, job_id: str) -> Any:
     """Train the LoRA adapter; resumes from the job's last checkpoint if there is one."""
     from prefect.runtime import flow_run
 
@@ -145,7 +145,7 @@ def train_adapter(config: FineTuneRequest, job_id: str) -> Any:
     tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
     try:
         with stop_on_sigterm(reporter.stop):
-            return run_fine_tune(check_request(config), job_id, reporter, tags)
+            return run_fine_tune(checked, job_id, reporter, tags)
     finally:
         reporter.close()
 
