@@ -76,9 +76,6 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class MlflowReporter:
     """Sends the training loop's metrics to the active MLflow run."""
 
-    def __init__(self) -> None:
-        self.history: list[dict[str, float]] = []
-
     def begin(self, total_steps: int) -> None:
         mlflow.log_param("total_steps", total_steps)
 
@@ -87,7 +84,6 @@ class MlflowReporter:
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         mlflow.log_metrics(values, step=step)
-        self.history.append({"step": step, **values})
 
     def should_stop(self) -> bool:
         return False
