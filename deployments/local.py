@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loraflow.fine_tuning import TAG
-
-DEPLOYMENT_NAME = "loraflow"
+from loraflow.fine_tuning import DEPLOYMENT_NAME, TAG
 
 
 def local_deployments() -> list[Any]:

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Cancelled
 
 from loraflow.fine_tuning import (
+    FLOW_NAME,
     JOB_ID,
     TAG,
     FineTuneRequest,
@@ -21,8 +22,6 @@ from loraflow.fine_tuning import (
     new_job_id,
 )
 from tasks.fine_tune import prepare_base_model, train_adapter
-
-DEPLOYMENT = "fine-tune/loraflow"
 
 
 def job_identity() -> str:
@@ -40,7 +39,7 @@ def job_identity() -> str:
     return job_id
 
 
-@flow(name="fine-tune", log_prints=True)
+@flow(name=FLOW_NAME, log_prints=True)
 def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
     """Check the request, prepare the base model, train; ends CANCELLED if cancelled."""
     from loraflow.training.loop import TrainingCancelled

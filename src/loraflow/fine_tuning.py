@@ -22,6 +22,9 @@ from loraflow.training.hyperparameters import Hyperparameters, parse_hyperparame
 JOB_ID = re.compile(r"^ft-[a-z0-9]{20}$")
 SUFFIX = re.compile(r"^[A-Za-z0-9-]{1,28}$")
 TAG = "loraflow-fine-tune"
+FLOW_NAME = "fine-tune"
+DEPLOYMENT_NAME = "loraflow"  # what `loraflow worker` serves each flow as
+DEPLOYMENT = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"  # the deployment FineTune.create starts runs of
 Status = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
 
 # Prefect state types -> LLM Engine's BatchJobStatus (the only values its client accepts).

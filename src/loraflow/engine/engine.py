@@ -38,7 +38,7 @@ class Engine:
             model = model.to("cuda")
         self.model = model.eval()
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.use_chat = spec.chat_template and bool(self.tokenizer.chat_template)
+        self.use_chat = spec.formats_chat(self.tokenizer)
         self.adapters: set[str] = set()
         self._lock = threading.Lock()
 
@@ -61,7 +61,7 @@ class Engine:
     ) -> list[int]:
         """Prompt token ids: chat messages through the chat template, else the raw prompt."""
         if messages is not None:
-            if not self.tokenizer.chat_template:
+            if not self.use_chat:
                 raise InvalidRequestError(
                     f"{self.base} has no chat template: send a prompt, not messages"
                 )
@@ -109,11 +109,10 @@ def resolve_served(model: str) -> tuple[str, str | None]:
         return model, None
     if not all(c.isalnum() or c in "._-" for c in model):
         raise InvalidRequestError(f"model names use letters, digits and '._-' only: {model!r}")
-    store = get_store()
-    key = f"models/{model}.json"
-    if not store.exists(key):
-        raise NotFoundError(f"The specified model could not be found: {model}")
-    record = json.loads(store.get_bytes(key))
+    try:
+        record = json.loads(get_store().get_bytes(f"models/{model}.json"))
+    except NotFoundError:
+        raise NotFoundError(f"The specified model could not be found: {model}") from None
     engine = get_engine(record["base_model"])
     if model not in engine.adapters:
         engine.add_adapter(model, _download_adapter(model, record["adapter_prefix"]))

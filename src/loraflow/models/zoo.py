@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -60,6 +60,13 @@ class ModelSpec(BaseModel):
     max_length: int = Field(1024, ge=8, description="Training sequence length limit, in tokens")
     chat_template: bool = Field(True, description="Format rows with the tokenizer's chat template")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def formats_chat(self, tokenizer: Any) -> bool:
+        """Whether prompts go through the tokenizer's chat template, in training and serving.
+
+        Both must agree, or a fine-tune is served prompts shaped unlike those it learned from.
+        """
+        return self.chat_template and bool(getattr(tokenizer, "chat_template", None))
 
 
 @lru_cache(maxsize=4)

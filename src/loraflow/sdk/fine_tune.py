@@ -12,6 +12,7 @@ from typing import Any
 
 from loraflow.errors import LoraflowError, NotFoundError
 from loraflow.fine_tuning import (
+    DEPLOYMENT,
     STATUS,
     TAG,
     TERMINAL,
@@ -30,7 +31,6 @@ from loraflow.sdk.types import (
     LLMFineTuneEvent,
 )
 
-DEPLOYMENT = "fine-tune/loraflow"
 LOG_PAGE = 200
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from loraflow.errors import NotFoundError
 from loraflow.storage import ObjectStore
 
 
@@ -36,8 +37,9 @@ class CheckpointStore:
 
     def latest(self) -> Checkpoint | None:
         """The newest complete checkpoint, or None when there is none."""
-        if not self.store.exists(f"{self.prefix}/latest.json"):
+        try:
+            pointer = json.loads(self.store.get_bytes(f"{self.prefix}/latest.json"))
+        except NotFoundError:
             return None
-        pointer = json.loads(self.store.get_bytes(f"{self.prefix}/latest.json"))
         files = {n: self.store.get_bytes(f"{pointer['folder']}/{n}") for n in pointer["files"]}
         return Checkpoint(step=pointer["step"], files=files)

@@ -138,7 +138,11 @@ class Trainer:
     def _setup(self) -> None:
         from accelerate import Accelerator
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            get_cosine_schedule_with_warmup,
+        )
 
         plan, hp = self.plan, self.hp
         dtype, mixed = device_dtype(plan.spec)
@@ -147,7 +151,7 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
-        use_chat = plan.spec.chat_template and bool(self.tokenizer.chat_template)
+        use_chat = plan.spec.formats_chat(self.tokenizer)
         max_length = hp.max_length or plan.spec.max_length
         self.train_examples, self.train_stats = encode(
             plan.train, self.tokenizer, use_chat, max_length
@@ -163,11 +167,9 @@ class Trainer:
         self.model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        self.batches_per_epoch = math.ceil(len(self.train_examples) / hp.batch_size)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / hp.gradient_accumulation_steps)
+        batches_per_epoch = math.ceil(len(self.train_examples) / hp.batch_size)
+        self.steps_per_epoch = math.ceil(batches_per_epoch / hp.gradient_accumulation_steps)
         self.total_steps = self.steps_per_epoch * hp.epochs
-        from transformers import get_cosine_schedule_with_warmup
-
         self.scheduler = get_cosine_schedule_with_warmup(
             self.optimizer, math.ceil(hp.warmup_ratio * self.total_steps), self.total_steps
         )
