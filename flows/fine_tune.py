@@ -22,6 +22,7 @@ from loraflow.fine_tuning import (
     new_job_id,
 )
 from tasks.fine_tune import prepare_base_model, train_adapter
+from tasks.registry import register_model
 
 
 def job_identity() -> str:
@@ -41,7 +42,7 @@ def job_identity() -> str:
 
 @flow(name=FLOW_NAME, log_prints=True)
 def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
-    """Check the request, prepare the base model, train; ends CANCELLED if cancelled."""
+    """Check the request, prepare the base model, train, register; CANCELLED if cancelled."""
     from loraflow.training.loop import TrainingCancelled
 
     logger = get_run_logger()
@@ -59,5 +60,6 @@ def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
     except TrainingCancelled as exc:
         logger.info(str(exc))
         return Cancelled(message=str(exc))
+    register_model(outcome.fine_tuned_model)
     logger.info(f"fine-tune {job_id} succeeded: {outcome.fine_tuned_model}")
     return outcome

@@ -97,3 +97,27 @@ class FlakyProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+SUPPORT_CSV = Path(__file__).resolve().parents[1] / "src/loraflow/datasets/customer_support.csv"
+
+
+def tiny_fine_tune(tmp: Path, suffix: str = "test", rows: int = 60, **hyper: object) -> object:
+    """Fine-tune the tiny model on the bundled data through the real flow (in process).
+
+    Needs the Prefect harness; returns the flow's FineTuneOutcome (registered, served).
+    """
+    from flows.fine_tune import fine_tune
+    from loraflow import File
+    from loraflow.fine_tuning import FineTuneRequest
+
+    lines = SUPPORT_CSV.read_text().splitlines()[: rows + 1]
+    path = write(tmp, f"support-{suffix}.csv", "\n".join(lines) + "\n")
+    hp = {"epochs": 3, "batch_size": 4, "lr": 0.01, "validation_fraction": 0.1, **hyper}
+    request = FineTuneRequest(
+        model="tiny-llama-test",
+        training_file=File.upload(path).id,
+        hyperparameters=hp,
+        suffix=suffix,
+    )
+    return fine_tune(request)

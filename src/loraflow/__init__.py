@@ -19,21 +19,23 @@ from loraflow.errors import (
 )
 
 if TYPE_CHECKING:
-    from loraflow.sdk import File, FineTune
+    from loraflow.sdk import Completion, File, FineTune, Model
 
 __version__ = "0.1.0"
 __all__ = [
+    "Completion",
     "ConfigError",
     "DataValidationError",
     "File",
     "FineTune",
     "InvalidRequestError",
     "LoraflowError",
+    "Model",
     "NotFoundError",
     "StorageError",
     "__version__",
 ]
-_LAZY = {"File": "loraflow.sdk", "FineTune": "loraflow.sdk"}
+_LAZY = {name: "loraflow.sdk" for name in ("Completion", "File", "FineTune", "Model")}
 
 
 def __getattr__(name: str) -> Any:

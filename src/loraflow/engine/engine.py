@@ -1,21 +1,21 @@
 """The completion engine: a base model loaded once per process, LoRA adapters attached by name.
 
 Fine-tunes of one base share its weights; a batch may mix adapters (and the bare base).
-Generation is serialised per engine with a lock; the HTTP layer batches requests into it.
+Generation is serialised per engine with a lock; callers batch requests into ``stream``.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
-from functools import lru_cache
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from loraflow.engine.generation import Request, TokenEvent, generate
-from loraflow.errors import InvalidRequestError, NotFoundError
-from loraflow.models import prepare, resolve_model
+from loraflow.engine.generation import BASE_ADAPTER, Request, TokenEvent, generate
+from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError
+from loraflow.models import model_revision, prepare, resolve_model
 from loraflow.models.zoo import load_zoo
 from loraflow.settings import get_settings
 from loraflow.storage import get_store
@@ -31,12 +31,12 @@ class Engine:
         spec = resolve_model(base)
         path = prepare(spec)
         self.base = spec.name
+        self.revision = model_revision(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        gpu = torch.cuda.is_available()
+        dtype = _dtype(spec.dtype, gpu and torch.cuda.is_bf16_supported())
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        self.model = model.eval()
+        self.model = (model.to("cuda") if gpu else model).eval()
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.use_chat = spec.formats_chat(self.tokenizer)
         self.adapters: set[str] = set()
@@ -56,67 +56,155 @@ class Engine:
             self.model.eval()
             self.adapters.add(name)
 
+    def remove_adapter(self, name: str) -> None:
+        """Detach an adapter and free its weights (a no-op for one not loaded)."""
+        with self._lock:
+            if name not in self.adapters:
+                return
+            self.adapters.discard(name)
+            if self.adapters:
+                if name in self.model.active_adapters:
+                    self.model.set_adapter(next(iter(self.adapters)))
+                self.model.delete_adapter(name)
+            else:
+                self.model = self.model.unload()
+
     def encode(
-        self, prompt: str | None = None, messages: list[dict[str, str]] | None = None
+        self,
+        prompt: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        *,
+        raw: bool = False,
     ) -> list[int]:
-        """Prompt token ids: chat messages through the chat template, else the raw prompt."""
+        """Prompt token ids.
+
+        Chat models see a prompt as one user turn, formatted by their chat template exactly
+        as in training; ``raw`` sends the prompt text as it is. ``messages`` (system, user,
+        assistant turns) always go through the template.
+        """
         if messages is not None:
             if not self.use_chat:
                 raise InvalidRequestError(
-                    f"{self.base} has no chat template: send a prompt, not messages"
+                    f"messages: {self.base} has no chat template; send a prompt instead"
                 )
-            ids = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True
+            return _ids(
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True
+                )
             )
-            return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         if prompt is None:
-            raise InvalidRequestError("send a prompt or messages")
+            raise InvalidRequestError("prompt: send a prompt or messages")
+        if self.use_chat and not raw:
+            return self.encode(messages=[{"role": "user", "content": prompt}])
         return list(self.tokenizer(prompt)["input_ids"])
 
+    def check(self, request: Request, field: str = "prompt") -> None:
+        """Raise InvalidRequestError / NotFoundError if ``request`` cannot run here."""
+        size, budget = len(request.prompt_ids), request.sampling.max_new_tokens
+        if size >= self.context:
+            raise InvalidRequestError(
+                f"{field}: {size} tokens do not fit the context window of {self.context} "
+                f"tokens of {self.base}; shorten it"
+            )
+        if size + budget > self.context:
+            raise InvalidRequestError(
+                f"max_new_tokens: {budget} new tokens after a {size}-token prompt exceed the "
+                f"context window of {self.context}; ask for at most {self.context - size}"
+            )
+        if request.adapter is not None and request.adapter not in self.adapters:
+            raise NotFoundError(f"adapter {request.adapter!r} is not loaded on {self.base}")
+
     def stream(self, requests: list[Request], timeout: float | None = None) -> Iterator[TokenEvent]:
-        """Generate for ``requests`` as one batch, yielding token events as they come."""
+        """Generate for ``requests`` as one batch, yielding token events as they come.
+
+        Every request is checked before any runs; ``timeout`` (seconds) ends the requests
+        still going with finish reason "timeout".
+        """
         for r in requests:
-            if len(r.prompt_ids) + r.sampling.max_new_tokens > self.context:
-                raise InvalidRequestError(
-                    f"prompt ({len(r.prompt_ids)} tokens) plus max_new_tokens "
-                    f"({r.sampling.max_new_tokens}) exceeds the context window of {self.context}"
-                )
-            if r.adapter is not None and r.adapter not in self.adapters:
-                raise NotFoundError(f"adapter {r.adapter!r} is not loaded on {self.base}")
+            self.check(r)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
+        with self._lock, self._adapters_for(requests) as names:
             yield from generate(
-                self.model,
-                self.tokenizer,
-                requests,
-                adapters_loaded=bool(self.adapters),
-                deadline=deadline,
+                self.model, self.tokenizer, requests, adapter_names=names, deadline=deadline
             )
 
+    @contextmanager
+    def _adapters_for(self, requests: list[Request]) -> Iterator[list[str] | None]:
+        """Select adapters: one for the batch when it shares one, else per-row names.
 
-@lru_cache(maxsize=4)
+        A per-row mix costs peft a pass per adapter in each layer; a shared one costs nothing.
+        """
+        wanted = {r.adapter for r in requests}
+        if not self.adapters:
+            yield None
+        elif len(wanted) > 1:
+            yield [r.adapter or BASE_ADAPTER for r in requests]
+        elif (only := wanted.pop()) is None:
+            with self.model.disable_adapter():
+                yield None
+        else:
+            self.model.set_adapter(only)
+            yield None
+
+
+def _dtype(setting: str, bf16: bool) -> Any:
+    import torch
+
+    if setting == "auto":
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, setting)
+
+
+def _ids(value: Any) -> list[int]:
+    return list(value["input_ids"] if hasattr(value, "keys") else value)
+
+
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
 def get_engine(base: str) -> Engine:
-    """The process-wide engine of a base model, loaded on first use."""
-    return Engine(base)
+    """The process-wide engine of a base model, loaded once, on first use."""
+    with _ENGINES_LOCK:
+        if base not in _ENGINES:
+            _ENGINES[base] = Engine(base)
+        return _ENGINES[base]
 
 
-def resolve_served(model: str) -> tuple[str, str | None]:
-    """(base model, adapter name or None) for a zoo name or a fine-tuned model name.
+def resolve_served(reference: str) -> tuple[Engine, str | None]:
+    """The engine and adapter name serving a model reference.
 
-    Loads the fine-tune's adapter into its base's engine on first use.
+    A reference is a base model of the zoo, a fine-tuned model name, ``family@alias`` or
+    ``family/version``. A fine-tune's adapter is fetched from the store and attached to its
+    base's engine on first use. Raises NotFoundError for an unknown model.
     """
-    if model in load_zoo():
-        return model, None
-    if not all(c.isalnum() or c in "._-" for c in model):
-        raise InvalidRequestError(f"model names use letters, digits and '._-' only: {model!r}")
+    from loraflow import registry
+
+    if reference in load_zoo():
+        return get_engine(reference), None
+    name = registry.resolve(reference)
     try:
-        record = json.loads(get_store().get_bytes(f"models/{model}.json"))
+        record = registry.read_record(name)
     except NotFoundError:
-        raise NotFoundError(f"The specified model could not be found: {model}") from None
+        raise NotFoundError(
+            f"model: {reference!r} is neither a base model ({', '.join(load_zoo())}) nor a "
+            "fine-tuned model; Model.list() shows what is served"
+        ) from None
     engine = get_engine(record["base_model"])
-    if model not in engine.adapters:
-        engine.add_adapter(model, _download_adapter(model, record["adapter_prefix"]))
-    return record["base_model"], model
+    if engine.revision != record["base_revision"]:
+        raise LoraflowError(
+            f"{name} was trained on {record['base_model']} revision {record['base_revision']}, "
+            f"but this process serves revision {engine.revision}"
+        )
+    if name not in engine.adapters:
+        engine.add_adapter(name, _download_adapter(name, record["adapter_prefix"]))
+    return engine, name
+
+
+def unload(name: str) -> None:
+    """Detach a fine-tune from every engine of this process (after it is deleted)."""
+    for engine in list(_ENGINES.values()):
+        engine.remove_adapter(name)
 
 
 def _download_adapter(name: str, prefix: str) -> Path:

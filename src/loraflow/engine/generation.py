@@ -56,34 +56,40 @@ class TokenEvent:
 
 
 class _TextState:
-    """Turns a request's tokens into text deltas, holding back a possible stop sequence."""
+    """Turns a request's tokens into text deltas, holding back a possible stop sequence.
+
+    Each token's own text is what it adds to the decoded whole (special tokens add nothing),
+    so the token texts of a request join to its full text, stop sequence included.
+    """
 
     def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stops = tuple(s for s in stops if s)
         self.ids: list[int] = []
         self.sent = 0  # characters of the text already emitted
+        self.decoded = 0  # characters already attributed to a token
         self.stopped = False  # a stop sequence was hit
 
-    def push(self, token_id: int) -> tuple[str, str | None]:
-        """Add a token; return (safe new text, the stop sequence hit or None)."""
+    def push(self, token_id: int) -> tuple[str, str, str | None]:
+        """Add a token; return (safe new text, the token's own text, stop sequence hit)."""
         self.ids.append(token_id)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # an incomplete multi-byte character decodes as U+FFFD: wait for the rest of it
+        whole = len(text.rstrip("\ufffd")) if text.endswith("\ufffd") else len(text)
+        piece, self.decoded = text[self.decoded : whole], max(self.decoded, whole)
         for stop in self.stops:
             at = text.find(stop, max(0, self.sent - len(stop)))
             if at != -1:
                 delta, self.sent, self.stopped = text[self.sent : at], at, True
-                return delta, stop
-        safe = len(text)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-            safe = len(text.rstrip("\ufffd"))
+                return delta, piece, stop
+        safe = whole
         for stop in self.stops:  # keep back a tail that could still become a stop sequence
             for k in range(min(len(stop) - 1, safe - self.sent), 0, -1):
                 if text[safe - k : safe] == stop[:k]:
                     safe -= k
                     break
         delta, self.sent = text[self.sent : safe], max(self.sent, safe)
-        return delta, None
+        return delta, piece, None
 
     def flush(self) -> str:
         """The held-back text once the request ends without a stop sequence."""
@@ -114,10 +120,13 @@ def generate(
     tokenizer: Any,
     requests: list[Request],
     *,
-    adapters_loaded: bool,
+    adapter_names: list[str] | None = None,
     deadline: float | None = None,
 ) -> Iterator[TokenEvent]:
     """Generate for ``requests`` as one batch, yielding a TokenEvent per request per step.
+
+    ``adapter_names`` (peft's per-row adapters, ``BASE_ADAPTER`` for none) mixes adapters in
+    one batch; without it the model runs with whatever adapter is active.
 
     Each request ends on its end-of-sequence token, a stop sequence (cut from the text), its
     token budget, or ``deadline`` (a ``time.monotonic()`` value; finish reason "timeout").
@@ -135,9 +144,7 @@ def generate(
         mask[n, width - len(r.prompt_ids) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    extra: dict[str, Any] = {}
-    if adapters_loaded:
-        extra["adapter_names"] = [r.adapter or BASE_ADAPTER for r in requests]
+    extra: dict[str, Any] = {} if adapter_names is None else {"adapter_names": adapter_names}
     generators = [_generator(r.sampling.seed, device) for r in requests]
     texts = [_TextState(tokenizer, r.sampling.stop_sequences) for r in requests]
     done = [False] * len(requests)
@@ -188,14 +195,11 @@ def _event(
     log_prob = None
     if r.sampling.return_token_log_probs:
         log_prob = float(torch.log_softmax(logits.float(), -1)[token])
-    piece = text.tokenizer.decode([token], skip_special_tokens=False)
-    if is_eos:
-        return TokenEvent(n, text.flush(), piece, log_prob, True, "stop", count, token)
-    delta, stop = text.push(token)
+    delta, piece, stop = text.push(token)
     if stop is not None:
         return TokenEvent(n, delta, piece, log_prob, True, "stop", count, token)
-    if count >= r.sampling.max_new_tokens or expired:
-        reason = "timeout" if expired else "length"
+    if is_eos or count >= r.sampling.max_new_tokens or expired:
+        reason = "stop" if is_eos else "timeout" if expired else "length"
         return TokenEvent(n, delta + text.flush(), piece, log_prob, True, reason, count, token)
     return TokenEvent(n, delta, piece, log_prob, False, None, count, token)
 

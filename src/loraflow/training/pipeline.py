@@ -7,7 +7,6 @@ result. Re-running a job resumes from its last checkpoint and continues its MLfl
 
 from __future__ import annotations
 
-import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import mlflow
 from pydantic import BaseModel
 
-from loraflow import tracking
+from loraflow import registry, tracking
 from loraflow.data import validate
 from loraflow.data.split import split_frame
 from loraflow.files import FileRepository
@@ -40,6 +39,10 @@ class FineTuneOutcome(BaseModel):
     mlflow_run_id: str
     model_uri: str
     adapter_prefix: str
+    training_file: str
+    training_sha256: str
+    validation_file: str | None
+    validation_sha256: str | None
 
 
 class FanOut:
@@ -141,9 +144,12 @@ def run_fine_tune(
         mlflow_run_id=run.info.run_id,
         model_uri=model_uri,
         adapter_prefix=f"{prefix}/adapter",
+        training_file=checked.training.id,
+        training_sha256=checked.training.sha256,
+        validation_file=checked.validation.id if checked.validation else None,
+        validation_sha256=checked.validation.sha256 if checked.validation else None,
     )
-    record = outcome.model_dump() | {"created_at": datetime.now(UTC).isoformat()}
-    store.put(f"models/{name}.json", json.dumps(record, indent=2).encode())
+    registry.write_record(outcome.model_dump() | {"created_at": datetime.now(UTC).isoformat()})
     reporter.event(f"fine-tuned model {name} is ready (MLflow run {run.info.run_id})")
     return outcome
 

@@ -1,0 +1,125 @@
+"""``Model``: the models loraflow serves (base models and fine-tunes), as LLM Engine's endpoints.
+
+Every model is served in process on demand, so each one listed is READY. Fine-tunes carry
+their registry version, aliases and metrics beyond LLM Engine's fields.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from loraflow import __version__, registry
+from loraflow.errors import InvalidRequestError, NotFoundError
+from loraflow.models.zoo import load_zoo
+from loraflow.sdk.types import (
+    DeleteLLMEndpointResponse,
+    GetLLMEndpointResponse,
+    ListLLMEndpointsResponse,
+    ModelDownloadResponse,
+)
+
+TAG = f"loraflow-{__version__}"
+
+
+def _base(name: str) -> GetLLMEndpointResponse:
+    return GetLLMEndpointResponse(
+        id=name,
+        name=name,
+        model_name=name,
+        inference_framework_tag=TAG,
+        base_model=name,
+        fine_tuned=False,
+    )
+
+
+def _fine_tuned(record: dict[str, Any], with_aliases: bool = True) -> GetLLMEndpointResponse:
+    metrics = {
+        k: float(record[k]) for k in ("train_loss", "eval_loss") if record.get(k) is not None
+    }
+    return GetLLMEndpointResponse(
+        id=record["fine_tuned_model"],
+        name=record["fine_tuned_model"],
+        model_name=record["base_model"],
+        inference_framework_tag=TAG,
+        base_model=record["base_model"],
+        fine_tuned=True,
+        created_at=datetime.fromisoformat(record["created_at"]) if "created_at" in record else None,
+        job_id=record.get("job_id"),
+        registered_model=record.get("registered_model"),
+        version=record.get("version"),
+        aliases=registry.aliases(record) if with_aliases else [],
+        metrics=metrics,
+    )
+
+
+class Model:
+    """Served models. Every method is a classmethod, as in LLM Engine's client."""
+
+    @classmethod
+    def get(cls, model: str) -> GetLLMEndpointResponse:
+        """A base model or fine-tune by name, ``family@alias`` or ``family/version``.
+
+        Raises NotFoundError for an unknown model.
+        """
+        if model in load_zoo():
+            return _base(model)
+        return _fine_tuned(registry.read_record(registry.resolve(model)))
+
+    @classmethod
+    def list(cls) -> ListLLMEndpointsResponse:
+        """The base models of the zoo, then every fine-tune, oldest first."""
+        bases = [_base(name) for name in load_zoo()]
+        tuned = [_fine_tuned(r, with_aliases=False) for r in registry.list_records()]
+        by_family: dict[str, dict[int, list[str]]] = {}  # one registry query per family
+        for item in tuned:
+            if item.registered_model is not None:
+                if item.registered_model not in by_family:
+                    by_family[item.registered_model] = registry.family_aliases(
+                        item.registered_model
+                    )
+                item.aliases = by_family[item.registered_model].get(item.version or 0, [])
+        return ListLLMEndpointsResponse(model_endpoints=bases + tuned)
+
+    @classmethod
+    def delete(cls, model_endpoint_name: str) -> DeleteLLMEndpointResponse:
+        """Delete a fine-tune: its registry version, adapter files and record.
+
+        Base models cannot be deleted. Returns ``deleted=False`` for an unknown name. The
+        fine-tune's MLflow run, with its metrics and lineage, stays.
+        """
+        from loraflow.engine.engine import unload
+
+        name = model_endpoint_name
+        if name in load_zoo():
+            raise InvalidRequestError(
+                f"model_endpoint_name: {name} is a base model; only fine-tuned models can be "
+                "deleted (remove a base model from configs/models.yaml)"
+            )
+        name = registry.resolve(name)
+        deleted = registry.delete(name)
+        unload(name)
+        return DeleteLLMEndpointResponse(deleted=deleted)
+
+    @classmethod
+    def download(
+        cls, model_name: str, download_format: str = "hugging_face"
+    ) -> ModelDownloadResponse:
+        """URLs of a fine-tune's files (the LoRA adapter in peft's Hugging Face format).
+
+        On S3 they are presigned and expire in an hour; on a local store they are file URLs.
+        Load them with ``PeftModel.from_pretrained(base, folder)``.
+        """
+        if download_format != "hugging_face":
+            raise InvalidRequestError(
+                f"download_format: only 'hugging_face' is supported (got {download_format!r})"
+            )
+        if model_name in load_zoo():
+            raise NotFoundError(
+                f"The requested fine-tuned model could not be found: {model_name} is a base model"
+            )
+        record = registry.read_record(registry.resolve(model_name))
+        store = registry.get_store()
+        prefix = record["adapter_prefix"] + "/"
+        urls = {info.key[len(prefix) :]: store.url(info.key) for info in store.list(prefix)}
+        return ModelDownloadResponse(urls=urls)
