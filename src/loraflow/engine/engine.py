@@ -6,6 +6,7 @@ Generation is serialised per engine with a lock; callers batch requests into ``s
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ class Engine:
         self.model = (model.to("cuda") if gpu else model).eval()
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.use_chat = spec.formats_chat(self.tokenizer)
-        self.adapters: set[str] = set()
+        self.adapters: dict[str, str] = {}  # model name -> peft adapter name
         self._lock = threading.Lock()
 
     def add_adapter(self, name: str, adapter_dir: Path) -> None:
@@ -49,23 +50,24 @@ class Engine:
         with self._lock:
             if name in self.adapters:
                 return
+            key = _adapter_key(name)
             if not self.adapters:
-                self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=name)
+                self.model = PeftModel.from_pretrained(self.model, adapter_dir, adapter_name=key)
             else:
-                self.model.load_adapter(adapter_dir, adapter_name=name)
+                self.model.load_adapter(adapter_dir, adapter_name=key)
             self.model.eval()
-            self.adapters.add(name)
+            self.adapters[name] = key
 
     def remove_adapter(self, name: str) -> None:
         """Detach an adapter and free its weights (a no-op for one not loaded)."""
         with self._lock:
             if name not in self.adapters:
                 return
-            self.adapters.discard(name)
+            key = self.adapters.pop(name)
             if self.adapters:
-                if name in self.model.active_adapters:
-                    self.model.set_adapter(next(iter(self.adapters)))
-                self.model.delete_adapter(name)
+                if key in self.model.active_adapters:
+                    self.model.set_adapter(next(iter(self.adapters.values())))
+                self.model.delete_adapter(key)
             else:
                 self.model = self.model.unload()
 
@@ -138,13 +140,18 @@ class Engine:
         if not self.adapters:
             yield None
         elif len(wanted) > 1:
-            yield [r.adapter or BASE_ADAPTER for r in requests]
+            yield [self.adapters[r.adapter] if r.adapter else BASE_ADAPTER for r in requests]
         elif (only := wanted.pop()) is None:
             with self.model.disable_adapter():
                 yield None
         else:
-            self.model.set_adapter(only)
+            self.model.set_adapter(self.adapters[only])
             yield None
+
+
+def _adapter_key(name: str) -> str:
+    """A peft adapter name for a model name (peft names cannot hold dots)."""
+    return "lora_" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def _dtype(setting: str, bf16: bool) -> Any:

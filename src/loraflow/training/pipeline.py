@@ -95,6 +95,7 @@ def run_fine_tune(
     """Train, track and store one fine-tune. Idempotent per ``job_id``: a re-run resumes."""
     request, store, files = checked.request, get_store(), FileRepository.from_settings()
     name = str(request.fine_tuned_model)
+    _claim(name, job_id)
     model_dir = prepare(checked.spec)
     revision = model_revision(model_dir)
     train, val = _frames(checked, files)
@@ -152,6 +153,21 @@ def run_fine_tune(
     registry.write_record(outcome.model_dump() | {"created_at": datetime.now(UTC).isoformat()})
     reporter.event(f"fine-tuned model {name} is ready (MLflow run {run.info.run_id})")
     return outcome
+
+
+def _claim(name: str, job_id: str) -> None:
+    """Refuse a model name another job already produced (names are stamped to the second)."""
+    from loraflow.errors import InvalidRequestError, NotFoundError
+
+    try:
+        owner = registry.read_record(name).get("job_id")
+    except NotFoundError:
+        return
+    if owner != job_id:
+        raise InvalidRequestError(
+            f"fine_tuned_model: {name} already exists (made by {owner}); start the fine-tune "
+            "again for a new name, or give it another suffix"
+        )
 
 
 def _full_history(run_id: str) -> list[dict[str, float]]:
