@@ -131,6 +131,14 @@ class Engine:
             )
 
     @contextmanager
+    def scoring(self, adapter: str | None) -> Iterator[Any]:
+        """The model with ``adapter`` (None: the bare base) selected, held for exclusive use."""
+        if adapter is not None and adapter not in self.adapters:
+            raise NotFoundError(f"adapter {adapter!r} is not loaded on {self.base}")
+        with self._lock, self._adapters_for([Request([], adapter)]):
+            yield self.model
+
+    @contextmanager
     def _adapters_for(self, requests: list[Request]) -> Iterator[list[str] | None]:
         """Select adapters: one for the batch when it shares one, else per-row names.
 

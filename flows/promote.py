@@ -1,0 +1,64 @@
+"""Flow: evaluate a fine-tune beside the current champion and promote it if it is better.
+
+Both models answer the same validation file; the rule (a metric and a margin) decides. The
+comparison is a Prefect artifact and tags on the candidate's registry version; the alias
+moves only on promotion. ``promote(PromoteConfig(model="…", validation_file="file-…"))``.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraflow.evaluation import Metric
+from loraflow.promotion import Decision, Rule
+from tasks.promote import record_decision, score_model
+
+
+class PromoteConfig(BaseModel):
+    """What to evaluate, against which data, and when it wins."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("", description="Candidate: fine-tuned model name or family/version.")
+    validation_file: str = Field("", description="File id of prompt/response rows to score on.")
+    alias: str = Field("champion", description="The registry alias to move on promotion.")
+    metric: Metric = Field(
+        "eval_loss", description="eval_loss (lower wins), exact_match or rouge_l."
+    )
+    min_improvement: float = Field(0.0, ge=0, description="Margin the candidate must win by.")
+    max_examples: int = Field(200, ge=1, description="Score at most this many rows.")
+    max_new_tokens: int = Field(64, ge=1, description="Length of the greedy answers scored.")
+
+
+@flow(name="promote", log_prints=True)
+def promote(config: PromoteConfig = PromoteConfig()) -> Decision:  # noqa: B008
+    """Score candidate and champion, decide by the rule, record it; returns the decision."""
+    from loraflow import registry
+    from loraflow.errors import InvalidRequestError
+    from loraflow.promotion import decide
+
+    rule = Rule(metric=config.metric, min_improvement=config.min_improvement)
+    candidate = registry.resolve(config.model)
+    record = registry.read_record(candidate)
+    if "registered_model" not in record:
+        raise InvalidRequestError(f"model: {candidate} is not in the registry; register it first")
+    champion = registry.alias_target(record["registered_model"], config.alias)
+    logger = get_run_logger()
+    logger.info(f"candidate {candidate}, {config.alias} {champion or '(none)'}")
+    args = (config.validation_file, config.max_examples, config.max_new_tokens)
+    candidate_scores = score_model(candidate, *args)
+    if champion == candidate:
+        reason = f"{candidate} already is {config.alias}"
+        return Decision(
+            candidate=candidate,
+            champion=champion,
+            alias=config.alias,
+            promoted=False,
+            reason=reason,
+            metric=rule.metric,
+            improvement=0.0,
+            candidate_scores=candidate_scores,
+            champion_scores=candidate_scores,
+        )
+    champion_scores = score_model(champion, *args) if champion else None
+    return record_decision(decide(candidate_scores, champion_scores, rule, config.alias))

@@ -1,0 +1,44 @@
+"""Prefect tasks of promotion: score a model on validation data, record the decision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from loraflow.evaluation import Scores
+from loraflow.promotion import Decision
+from tasks.validate import artifact_key
+
+
+@task(name="score-model", tags=["loraflow", "evaluation"], cache_policy=NO_CACHE)
+def score_model(model: str, validation_file: str, max_examples: int, max_new_tokens: int) -> Scores:
+    """Eval loss, exact match and ROUGE-L of ``model`` on a stored validation file."""
+    from loraflow.data import validate
+    from loraflow.evaluation import score
+    from loraflow.files import FileRepository
+
+    files = FileRepository.from_settings()
+    record = files.get(validation_file)
+    data = files.read_bytes(validation_file)
+    frame = validate(data, name=record.filename, config=files.validation).raise_for_errors().frame
+    scores = score(model, frame.head(max_examples), max_new_tokens)
+    get_run_logger().info(f"{model}: {scores.model_dump()}")
+    return scores
+
+
+@task(name="record-decision", tags=["loraflow", "registry"], cache_policy=NO_CACHE)
+def record_decision(decision: Decision) -> Any:
+    """Tag the candidate's version, move the alias if promoted, publish the comparison."""
+    from loraflow import promotion
+
+    promotion.apply(decision)
+    create_markdown_artifact(
+        markdown=decision.to_markdown(),
+        key=artifact_key("promotion", decision.candidate.rsplit(".", 1)[0]),
+        description=f"Promotion of {decision.candidate} to {decision.alias}",
+    )
+    get_run_logger().info(decision.reason)
+    return decision
