@@ -16,8 +16,11 @@ def local_deployments() -> list[Any]:
     """The deployments a local runner serves (entrypoints are module paths: any cwd works)."""
     from prefect.deployments.runner import EntrypointType
 
+    from flows.batch_complete import batch_complete
     from flows.fine_tune import fine_tune
     from flows.ingest import ingest
+    from flows.promote import promote
+    from loraflow.batch import TAG as BATCH_TAG
 
     return [
         fine_tune.to_deployment(
@@ -29,6 +32,17 @@ def local_deployments() -> list[Any]:
         ingest.to_deployment(
             name=DEPLOYMENT_NAME,
             description="Validate, split and store a dataset.",
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+        batch_complete.to_deployment(
+            name=DEPLOYMENT_NAME,
+            tags=[BATCH_TAG],
+            description="Complete every prompt of a file; JSONL results to storage.",
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+        promote.to_deployment(
+            name=DEPLOYMENT_NAME,
+            description="Score a fine-tune beside the champion; move the alias if it is better.",
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),
     ]

@@ -21,23 +21,9 @@ from loraflow.fine_tuning import (
     model_name,
     new_job_id,
 )
+from loraflow.orchestration import job_identity
 from tasks.fine_tune import prepare_base_model, train_adapter
 from tasks.registry import register_model
-
-
-def job_identity() -> str:
-    """This run's job id: its name when started by FineTune.create, else a new one it takes."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    name = str(flow_run.name or "")
-    if JOB_ID.match(name):
-        return name
-    job_id = new_job_id()
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run.id)
-        client.update_flow_run(flow_run.id, name=job_id, tags=sorted({*run.tags, TAG}))
-    return job_id
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -46,7 +32,7 @@ def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
     from loraflow.training.loop import TrainingCancelled
 
     logger = get_run_logger()
-    job_id = job_identity()
+    job_id = job_identity(JOB_ID, new_job_id, TAG)
     checked = check_request(config)
     if config.fine_tuned_model is None:
         config = config.model_copy(

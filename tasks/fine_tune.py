@@ -68,7 +68,7 @@ class PrefectReporter:
             and time.monotonic() - self._polled > POLL_SECONDS
         ):
             self._polled = time.monotonic()
-            if _is_cancelling(self.flow_run_id):
+            if is_cancelling(self.flow_run_id):
                 self.stop.set()
         return self.stop.is_set()
 
@@ -97,7 +97,7 @@ def _progress_bar() -> Any:
     )
 
 
-def _is_cancelling(flow_run_id: UUID) -> bool:
+def is_cancelling(flow_run_id: UUID) -> bool:
     """Whether someone asked Prefect to cancel this run (covers runs not under a runner)."""
     from prefect.client.orchestration import get_client
 

@@ -71,10 +71,10 @@ def params(**values: Any) -> Params:
     try:
         return Params(**values)
     except ValidationError as exc:
-        raise InvalidRequestError(_first_error(exc)) from None
+        raise InvalidRequestError(first_error(exc)) from None
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     field = ".".join(str(p) for p in error["loc"]) or "request"
     message = error["msg"].removeprefix("Value error, ")

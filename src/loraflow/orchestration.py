@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from loraflow.errors import LoraflowError, NotFoundError
 from loraflow.settings import Settings, get_settings
 
 
@@ -23,3 +26,71 @@ def prefect_api(settings: Settings | None = None) -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield
+
+
+def job_identity(pattern: re.Pattern[str], new_id: Callable[[], str], tag: str) -> str:
+    """The job id of the running flow run: its name when a job API started it, else a new
+    id that the run takes as its name (with ``tag``), so the job API finds it too."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    name = str(flow_run.name or "")
+    if pattern.match(name):
+        return name
+    job_id = new_id()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, name=job_id, tags=sorted({*run.tags, tag}))
+    return job_id
+
+
+def prefect_client() -> Any:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def find_job_run(client: Any, job_id: str, tag: str, kind: str) -> Any:
+    """The flow run of job ``job_id``; raises NotFoundError naming the ``kind`` of job."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
+
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[job_id]), tags=FlowRunFilterTags(all_=[tag])
+        ),
+        limit=1,
+    )
+    if not runs:
+        raise NotFoundError(f"The specified {kind} job could not be found: {job_id}")
+    return runs[0]
+
+
+def start_job(deployment: str, parameters: dict[str, Any], job_id: str, tag: str) -> None:
+    """Start a run of ``deployment`` named ``job_id``; a worker picks it up. Never waits."""
+    from prefect.exceptions import ObjectNotFound
+
+    with prefect_client() as client:
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise LoraflowError(
+                f"no {deployment} deployment on the Prefect API at {client.api_url}: start "
+                "one with `loraflow worker` (or `make up`)"
+            ) from None
+        client.create_flow_run_from_deployment(
+            found.id, parameters=parameters, name=job_id, tags=[tag]
+        )
+
+
+def cancel_job_run(client: Any, run: Any) -> bool:
+    """Ask a job's run to stop: one still waiting is cancelled outright, a running one is
+    sent to CANCELLING (its worker stops it). False when it has already ended."""
+    from prefect.states import Cancelled, Cancelling
+
+    state = run.state.type.value if run.state else "PENDING"
+    if state in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED", "CANCELLING"}:
+        return False
+    waiting = state in {"SCHEDULED", "PENDING", "PAUSED"}
+    new = Cancelled(message="cancelled before it started") if waiting else Cancelling()
+    client.set_flow_run_state(run.id, new, force=True)
+    return True

@@ -14,8 +14,21 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal, overload
 
+from pydantic import ValidationError
+
 from loraflow import completion
-from loraflow.sdk.types import CompletionStreamResponse, CompletionSyncResponse, GenerateOutput
+from loraflow.errors import InvalidRequestError
+from loraflow.fine_tuning import DEPLOYMENT_NAME
+from loraflow.sdk.types import (
+    BatchCompletionsJob,
+    BatchStatus,
+    CancelBatchCompletionResponse,
+    CompletionStreamResponse,
+    CompletionSyncResponse,
+    CreateBatchCompletionsResponse,
+    GenerateOutput,
+    GetBatchCompletionResponse,
+)
 
 Messages = list[dict[str, str]]
 _END = object()
@@ -216,6 +229,104 @@ class Completion:
     ) -> list[GenerateOutput]:
         """The asyncio twin of ``generate``."""
         return await asyncio.to_thread(cls.generate, model, inputs, **kwargs)
+
+    @classmethod
+    def batch_create(
+        cls,
+        model: str,
+        input_data_path: str,
+        output_data_path: str | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        stop_sequences: list[str] | None = None,
+        return_token_log_probs: bool = False,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        num_generations: int = 1,
+        batch_size: int = 32,
+    ) -> CreateBatchCompletionsResponse:
+        """Start a batch job over the prompts at ``input_data_path``; returns its id at once.
+
+        Input: a file id, ``s3://`` URL or local path of CSV/JSONL prompts (``prompt`` or
+        ``messages``). Results: JSONL at ``output_data_path``, by default in loraflow's store
+        (``get_batch_completion`` says where). Runs on a worker (``loraflow worker``).
+        """
+        from loraflow import batch
+        from loraflow.orchestration import start_job
+
+        try:
+            config = batch.BatchCompleteConfig(
+                model=model,
+                input_data_path=input_data_path,
+                output_data_path=output_data_path,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                stop_sequences=stop_sequences,
+                return_token_log_probs=return_token_log_probs,
+                top_p=top_p,
+                top_k=top_k,
+                seed=seed,
+                num_generations=num_generations,
+                batch_size=batch_size,
+            )
+        except ValidationError as exc:
+            raise InvalidRequestError(completion.first_error(exc)) from None
+        job_id = batch.new_job_id()
+        deployment = f"{batch.FLOW_NAME}/{DEPLOYMENT_NAME}"
+        start_job(deployment, {"config": config.model_dump()}, job_id, batch.TAG)
+        return CreateBatchCompletionsResponse(job_id=job_id)
+
+    @classmethod
+    def get_batch_completion(cls, job_id: str) -> GetBatchCompletionResponse:
+        """A batch job's status, and where its results are. Raises NotFoundError."""
+        from loraflow import batch
+        from loraflow.orchestration import find_job_run, prefect_client
+
+        with prefect_client() as client:
+            run = find_job_run(client, batch.check_job_id(job_id), batch.TAG, "batch completion")
+        state = run.state.type.value if run.state else "PENDING"
+        result = batch.read_result(job_id) if state == "COMPLETED" else None
+        config = batch.BatchCompleteConfig(**(run.parameters.get("config") or {}))
+        return GetBatchCompletionResponse(
+            job=BatchCompletionsJob(
+                job_id=job_id,
+                model=config.model,
+                input_data_path=config.input_data_path,
+                output_data_path=result.output_data_path
+                if result
+                else (config.output_data_path or batch.default_output(job_id)),
+                status=BATCH_STATUS.get(state, "unknown"),
+                created_at=run.created.isoformat() if run.created else "",
+                completed_at=run.end_time.isoformat() if run.end_time else None,
+                num_inputs=result.inputs if result else None,
+                num_completion_tokens=result.completion_tokens if result else None,
+            )
+        )
+
+    @classmethod
+    def cancel_batch_completion(cls, job_id: str) -> CancelBatchCompletionResponse:
+        """Stop a batch job; it writes no results. False when it has already ended."""
+        from loraflow import batch
+        from loraflow.orchestration import cancel_job_run, find_job_run, prefect_client
+
+        with prefect_client() as client:
+            run = find_job_run(client, batch.check_job_id(job_id), batch.TAG, "batch completion")
+            return CancelBatchCompletionResponse(success=cancel_job_run(client, run))
+
+
+# Prefect state types -> LLM Engine's batch job statuses.
+BATCH_STATUS: dict[str, BatchStatus] = {
+    "SCHEDULED": "queued",
+    "PENDING": "queued",
+    "PAUSED": "queued",
+    "RUNNING": "running",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CRASHED": "failed",
+    "CANCELLING": "cancelled",
+    "CANCELLED": "cancelled",
+}
 
 
 async def _in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from loraflow.errors import LoraflowError, NotFoundError
+from loraflow.errors import LoraflowError
 from loraflow.fine_tuning import (
     DEPLOYMENT,
     STATUS,
@@ -22,6 +22,7 @@ from loraflow.fine_tuning import (
     model_name,
     new_job_id,
 )
+from loraflow.orchestration import cancel_job_run, find_job_run, prefect_client, start_job
 from loraflow.sdk.types import (
     CancelFineTuneResponse,
     CreateFineTuneResponse,
@@ -39,24 +40,11 @@ class FineTuneTimeoutError(LoraflowError, TimeoutError):
 
 
 def _client() -> Any:
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
+    return prefect_client()
 
 
 def _run(client: Any, job_id: str) -> Any:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
-
-    check_job_id(job_id)
-    runs = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=[job_id]), tags=FlowRunFilterTags(all_=[TAG])
-        ),
-        limit=1,
-    )
-    if not runs:
-        raise NotFoundError(f"The specified fine-tune job could not be found: {job_id}")
-    return runs[0]
+    return find_job_run(client, check_job_id(job_id), TAG, "fine-tune")
 
 
 def _response(run: Any) -> GetFineTuneResponse:
@@ -93,8 +81,6 @@ class FineTune:
         Raises InvalidRequestError / NotFoundError before anything starts when the base model,
         a file, a hyperparameter or the suffix is wrong.
         """
-        from prefect.exceptions import ObjectNotFound
-
         if wandb_config:
             raise LoraflowError("wandb_config is not supported: loraflow tracks runs in MLflow")
         request = FineTuneRequest(
@@ -107,20 +93,7 @@ class FineTune:
         checked = check_request(request)
         request.fine_tuned_model = model_name(checked.spec.name, suffix)
         job_id = new_job_id()
-        with _client() as client:
-            try:
-                deployment = client.read_deployment_by_name(DEPLOYMENT)
-            except ObjectNotFound:
-                raise LoraflowError(
-                    f"no {DEPLOYMENT} deployment on the Prefect API at {client.api_url}: start "
-                    "one with `loraflow worker` (or `make up`)"
-                ) from None
-            client.create_flow_run_from_deployment(
-                deployment.id,
-                parameters={"config": request.model_dump()},
-                name=job_id,
-                tags=[TAG],
-            )
+        start_job(DEPLOYMENT, {"config": request.model_dump()}, job_id, TAG)
         return CreateFineTuneResponse(id=job_id)
 
     @classmethod
@@ -145,16 +118,10 @@ class FineTune:
     @classmethod
     def cancel(cls, fine_tune_id: str) -> CancelFineTuneResponse:
         """Ask the job to stop; it checkpoints and ends CANCELLED. False if already finished."""
-        from prefect.states import Cancelled, Cancelling
-
         with _client() as client:
-            run = _run(client, fine_tune_id)
-            if _response(run).status in TERMINAL:
-                return CancelFineTuneResponse(success=False)
-            waiting = run.state is not None and run.state.type.value in {"SCHEDULED", "PENDING"}
-            state = Cancelled(message="cancelled before it started") if waiting else Cancelling()
-            client.set_flow_run_state(run.id, state, force=True)
-        return CancelFineTuneResponse(success=True)
+            return CancelFineTuneResponse(
+                success=cancel_job_run(client, _run(client, fine_tune_id))
+            )
 
     @classmethod
     def get_events(cls, fine_tune_id: str) -> GetFineTuneEventsResponse:

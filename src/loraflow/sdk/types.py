@@ -168,3 +168,30 @@ class DeleteLLMEndpointResponse(BaseModel):
 
 class ModelDownloadResponse(BaseModel):
     urls: dict[str, str]
+
+
+BatchStatus = Literal["queued", "running", "completed", "failed", "cancelled", "unknown"]
+
+
+class CreateBatchCompletionsResponse(BaseModel):
+    job_id: str
+
+
+class BatchCompletionsJob(BaseModel):
+    job_id: str
+    model: str
+    input_data_path: str
+    output_data_path: str
+    status: BatchStatus
+    created_at: str
+    completed_at: str | None = None
+    num_inputs: int | None = None  # set once completed
+    num_completion_tokens: int | None = None
+
+
+class GetBatchCompletionResponse(BaseModel):
+    job: BatchCompletionsJob
+
+
+class CancelBatchCompletionResponse(BaseModel):
+    success: bool

@@ -1,0 +1,258 @@
+"""Batch completions: prompts from a file, generated in batches, results as JSONL in storage.
+
+Inputs come from a file id (``file-…``), an ``s3://bucket/key`` URL or a local path, as CSV
+(a ``prompt`` column, optionally ``messages`` holding a JSON list of turns) or JSONL (objects
+with ``prompt`` or ``messages``). Results are one JSON line per input, in input order:
+``{"index", "prompt" | "messages", "generations", "outputs", "statistics"}``. They are written
+once, whole, at the end: a failed or cancelled job leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import secrets
+import string
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraflow.errors import InvalidRequestError, NotFoundError
+from loraflow.settings import get_settings
+from loraflow.storage import get_store
+
+JOB_ID = re.compile(r"^batch-[a-z0-9]{20}$")
+TAG = "loraflow-batch-completion"
+FLOW_NAME = "batch-complete"
+MAX_INPUTS = 100_000
+
+
+class BatchCompleteConfig(BaseModel):
+    """A batch completion job: which model, which prompts, where results go, how to sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("tiny-llama-test", description="Base model, fine-tune, NAME@ALIAS…")
+    input_data_path: str = Field(
+        "", description="Prompts: file-… id, s3://bucket/key, or a local CSV/JSONL path."
+    )
+    output_data_path: str | None = Field(
+        None,
+        description="Where the JSONL results go (s3://bucket/key or a local path); unset: "
+        "batch-completions/<job>/results.jsonl in loraflow's store.",
+    )
+    max_new_tokens: int = Field(64, ge=1, description="New tokens per completion, at most.")
+    temperature: float = Field(0.0, ge=0, le=1, description="0 is greedy.")
+    stop_sequences: list[str] | None = Field(None, description="Text that ends a completion.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int | None = Field(None, ge=-1, description="Top-k sampling; -1 or unset: off.")
+    seed: int | None = Field(None, description="Makes sampling repeatable.")
+    num_generations: int = Field(1, ge=1, le=64, description="Completions per prompt.")
+    return_token_log_probs: bool = Field(False, description="Include per-token log probs.")
+    batch_size: int = Field(32, ge=1, le=512, description="Prompts generated together.")
+
+
+class BatchResult(BaseModel):
+    job_id: str
+    output_data_path: str
+    inputs: int
+    completion_tokens: int
+
+
+def new_job_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "batch-" + "".join(secrets.choice(alphabet) for _ in range(20))
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise InvalidRequestError(
+            f"{job_id!r} is not a batch job id; ids look like 'batch-' and 20 letters or digits"
+        )
+    return job_id
+
+
+def read_location(location: str) -> tuple[bytes, str]:
+    """The bytes and file name at a file id, an ``s3://`` URL or a local path."""
+    from loraflow.files import FileRepository
+
+    if not location:
+        raise InvalidRequestError("input_data_path: name a file id, an s3:// URL or a path")
+    if location.startswith("file-"):
+        files = FileRepository.from_settings()
+        return files.read_bytes(location), files.get(location).filename
+    if location.startswith("s3://"):
+        bucket, key = _bucket_key(location)
+        try:
+            body = _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:  # botocore's errors carry the reason
+            raise NotFoundError(f"input_data_path: cannot read {location}: {exc}") from None
+        return body, key.rsplit("/", 1)[-1]
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise NotFoundError(f"input_data_path: no file at {location}")
+    return path.read_bytes(), path.name
+
+
+def parse_inputs(data: bytes, name: str) -> list[str | list[dict[str, str]]]:
+    """Prompts (strings) and chats (lists of turns) from CSV or JSONL, checked row by row."""
+    from loraflow.completion import check_messages
+
+    rows = _jsonl_rows(data, name) if name.endswith((".jsonl", ".json")) else _csv_rows(data, name)
+    inputs: list[str | list[dict[str, str]]] = []
+    for where, prompt, messages in rows:
+        if messages is not None:
+            inputs.append(check_messages(messages, field=f"{where}: messages"))
+        elif isinstance(prompt, str) and prompt.strip():
+            inputs.append(prompt)
+        else:
+            raise InvalidRequestError(f"{where}: give a non-empty prompt or messages")
+    if not inputs:
+        raise InvalidRequestError(f"{name}: no prompts found")
+    if len(inputs) > MAX_INPUTS:
+        raise InvalidRequestError(f"{name}: {len(inputs):,} prompts; at most {MAX_INPUTS:,}")
+    return inputs
+
+
+def _csv_rows(data: bytes, name: str) -> list[tuple[str, Any, Any]]:
+    import polars as pl
+
+    try:
+        frame = pl.read_csv(io.BytesIO(data), infer_schema=False)
+    except Exception as exc:  # polars raises several types for unreadable CSV
+        raise InvalidRequestError(f"{name}: not a readable CSV ({exc})") from None
+    if "prompt" not in frame.columns and "messages" not in frame.columns:
+        raise InvalidRequestError(f"{name}: needs a 'prompt' or 'messages' column")
+    rows = []
+    for n, row in enumerate(frame.iter_rows(named=True), start=2):  # row 1 is the header
+        messages = row.get("messages")
+        if messages:
+            try:
+                messages = json.loads(messages)
+            except json.JSONDecodeError:
+                raise InvalidRequestError(f"{name} row {n}: messages is not JSON") from None
+        rows.append((f"{name} row {n}", row.get("prompt"), messages or None))
+    return rows
+
+
+def _jsonl_rows(data: bytes, name: str) -> list[tuple[str, Any, Any]]:
+    rows = []
+    for n, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(f"{name} line {n}: not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise InvalidRequestError(f"{name} line {n}: expected an object with prompt")
+        rows.append((f"{name} line {n}", obj.get("prompt"), obj.get("messages")))
+    return rows
+
+
+def run(
+    config: BatchCompleteConfig,
+    job_id: str,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> BatchResult:
+    """Generate for every input in batches; write the results; return where they are.
+
+    ``progress(done, total)`` is called after each batch; ``should_stop()`` is asked before
+    each, and a True ends the job with JobCancelled and writes nothing.
+    """
+    from loraflow import completion
+
+    p = completion.params(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        stop_sequences=config.stop_sequences,
+        return_token_log_probs=config.return_token_log_probs,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        seed=config.seed,
+    )
+    inputs = parse_inputs(*read_location(config.input_data_path))
+    completion.Call(config.model, [_pair(x) for x in inputs[:1]], p)  # the model answers at all
+    lines, tokens = [], 0
+    for start in range(0, len(inputs), config.batch_size):
+        if should_stop is not None and should_stop():
+            raise JobCancelled(f"{job_id} cancelled after {start} of {len(inputs)} inputs")
+        chunk = inputs[start : start + config.batch_size]
+        results = completion.generate(
+            config.model, chunk, p, config.num_generations, config.batch_size
+        )
+        for k, (item, result) in enumerate(zip(chunk, results, strict=True)):
+            key = "prompt" if isinstance(item, str) else "messages"
+            lines.append(json.dumps({"index": start + k, key: item, **result.model_dump()}))
+            tokens += sum(result.statistics.output_tokens)
+        if progress is not None:
+            progress(min(start + config.batch_size, len(inputs)), len(inputs))
+    location = write_results(config.output_data_path, job_id, ("\n".join(lines) + "\n").encode())
+    result = BatchResult(
+        job_id=job_id, output_data_path=location, inputs=len(inputs), completion_tokens=tokens
+    )
+    get_store().put(_summary_key(job_id), result.model_dump_json().encode())
+    return result
+
+
+def read_result(job_id: str) -> BatchResult | None:
+    """The summary a finished job left in the store, or None."""
+    try:
+        return BatchResult.model_validate_json(get_store().get_bytes(_summary_key(job_id)))
+    except NotFoundError:
+        return None
+
+
+class JobCancelled(Exception):
+    """A batch job stopped because it was cancelled."""
+
+
+def _pair(item: str | list[dict[str, str]]) -> tuple[str | None, Any]:
+    return (item, None) if isinstance(item, str) else (None, item)
+
+
+def default_output(job_id: str) -> str:
+    """Where a job's results go when it names no output location."""
+    return f"{get_store().uri.rstrip('/')}/{_results_key(job_id)}"
+
+
+def _results_key(job_id: str) -> str:
+    return f"batch-completions/{job_id}/results.jsonl"
+
+
+def _summary_key(job_id: str) -> str:
+    return f"batch-completions/{job_id}/job.json"
+
+
+def write_results(location: str | None, job_id: str, data: bytes) -> str:
+    """Write ``data`` whole to ``location`` (default: the store); returns its URL or path."""
+    if location is None:
+        get_store().put(_results_key(job_id), data)
+        return default_output(job_id)
+    if location.startswith("s3://"):
+        bucket, key = _bucket_key(location)
+        _s3().put_object(Bucket=bucket, Key=key, Body=data)
+        return location
+    path = Path(location).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+    return str(path)
+
+
+def _bucket_key(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    if not parts.netloc or not parts.path.strip("/"):
+        raise InvalidRequestError(f"{url}: an S3 location is s3://bucket/key")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+def _s3() -> Any:
+    from loraflow.storage.s3 import make_client
+
+    return make_client(get_settings())
