@@ -15,7 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from loraflow import FineTune, InvalidRequestError, NotFoundError
+from loraflow import Completion, FineTune, InvalidRequestError, Model, NotFoundError
 from loraflow.settings import reset
 from loraflow.storage import get_store
 from tests.helpers import write
@@ -61,7 +61,8 @@ def runner(prefect_harness: None, job_home: Path, models_dir: Path) -> Iterator[
     with get_client(sync_client=True) as client:
         while True:
             try:
-                client.read_deployment_by_name("fine-tune/loraflow")
+                for name in ("fine-tune", "ingest", "batch-complete", "promote"):
+                    client.read_deployment_by_name(f"{name}/loraflow")
                 break
             except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -175,6 +176,64 @@ def test_fine_tune_runs_to_success_with_events_tracking_and_outputs(
     assert len(history) == 18
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert "loss_curve.png" in artifacts
+
+    model = Model.get(done.fine_tuned_model)  # registered by the worker, served here
+    assert model.registered_model == "tiny-llama-test.support" and model.version >= 1
+    assert Model.get(f"tiny-llama-test.support/{model.version}").name == done.fine_tuned_model
+    assert Completion.create(done.fine_tuned_model, "How do I do thing 3?", 8, 0).output.text
+
+
+def wait_batch(job_id: str, timeout: float = 120) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = Completion.get_batch_completion(job_id).job
+        if job.status in {"completed", "failed", "cancelled"}:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"batch job {job_id} still {job.status} after {timeout} s")
+
+
+def test_batch_completion_job_runs_on_the_worker(runner: subprocess.Popen, tmp_path: Path) -> None:
+    source = write(tmp_path, "prompts.csv", "prompt\nHi\nWhere is my order?\nThanks\n")
+    started = time.monotonic()
+    job_id = Completion.batch_create("tiny-llama-test", str(source), max_new_tokens=5).job_id
+    assert time.monotonic() - started < 2.0
+    assert re.fullmatch(r"batch-[a-z0-9]{20}", job_id)
+    assert Completion.get_batch_completion(job_id).job.status in {"queued", "running", "completed"}
+    job = wait_batch(job_id)
+    assert job.status == "completed" and job.num_inputs == 3 and job.completed_at
+    key = f"batch-completions/{job_id}/results.jsonl"
+    assert job.output_data_path.endswith(key)
+    rows = [json.loads(line) for line in get_store().get_bytes(key).splitlines()]
+    expected = Completion.generate(
+        "tiny-llama-test", ["Hi", "Where is my order?", "Thanks"], max_new_tokens=5, temperature=0
+    )
+    assert [r["generations"] for r in rows] == [e.generations for e in expected]
+    assert Completion.cancel_batch_completion(job_id).success is False  # already ended
+
+
+def test_batch_completion_job_cancels_and_writes_nothing(
+    runner: subprocess.Popen, tmp_path: Path
+) -> None:
+    lines = "".join(f"Tell me about item {i}\n" for i in range(3000))
+    source = write(tmp_path, "many.csv", "prompt\n" + lines)
+    job_id = Completion.batch_create(
+        "tiny-llama-test", str(source), max_new_tokens=64, batch_size=4
+    ).job_id
+    deadline = time.monotonic() + 60
+    while Completion.get_batch_completion(job_id).job.status == "queued":
+        assert time.monotonic() < deadline, "the batch job never started"
+        time.sleep(0.2)
+    assert Completion.cancel_batch_completion(job_id).success is True  # while it runs
+    job = wait_batch(job_id, timeout=90)
+    assert job.status == "cancelled"
+    assert not get_store().exists(f"batch-completions/{job_id}/results.jsonl")
+    with pytest.raises(InvalidRequestError, match="batch job id"):
+        Completion.get_batch_completion("ft-nope")
+    with pytest.raises(NotFoundError, match="batch completion job"):
+        Completion.get_batch_completion("batch-" + "0" * 20)
+    with pytest.raises(InvalidRequestError, match="temperature"):
+        Completion.batch_create("tiny-llama-test", str(source), temperature=2)
 
 
 def test_cancel_checkpoints_and_ends_cancelled(
