@@ -34,6 +34,7 @@ format: setup
 bench: setup ## benchmarks: each prints loraflow against its baseline and the ratio
 	$(BIN)/python benchmarks/validate.py
 	$(BIN)/python benchmarks/finetune.py
+	$(BIN)/python benchmarks/completion.py
 
 clean: ## remove the venv and caches (not ~/.loraflow)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
