@@ -73,3 +73,25 @@ def test_files_upload_of_invalid_data_shows_report(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "not valid" in result.output
     assert runner.invoke(app, ["files", "list"]).output.count("file-") == 0
+
+
+def test_complete_streams_the_same_text_the_sdk_returns() -> None:
+    from loraflow import Completion
+
+    args = ["complete", "tiny-llama-test", "Where is my order?", "--max-new-tokens", "8"]
+    result = runner.invoke(app, [*args, "--temperature", "0.9", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    expected = Completion.create("tiny-llama-test", "Where is my order?", 8, 0.9, seed=4)
+    assert result.stdout == expected.output.text + "\n"
+    bad = runner.invoke(app, [*args, "--temperature", "2"])
+    assert bad.exit_code == 1 and "temperature" in bad.stderr
+
+
+def test_models_list_get_and_refusals() -> None:
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "tiny-llama-test" in listed.stdout
+    shown = runner.invoke(app, ["models", "get", "tiny-llama-test"])
+    assert json.loads(shown.stdout)["fine_tuned"] is False
+    for args in (["models", "delete", "tiny-llama-test"], ["models", "get", "no-such.model"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "error:" in result.stderr

@@ -1,0 +1,16 @@
+"""The ``loraflow`` command line. Imports stay light: heavy modules load inside commands."""
+
+from __future__ import annotations
+
+from loraflow.cli import data, jobs, serving  # noqa: F401 (they register their commands)
+from loraflow.cli._app import ID_COLUMN, app
+
+__all__ = ["ID_COLUMN", "app", "main"]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
