@@ -54,8 +54,8 @@ def test_token_log_probs_match_the_model_and_join_to_the_text() -> None:
     prompt = engine.encode("Where is my order?")
     sampling = Sampling(12, 1.0, seed=3, return_token_log_probs=True)
     ids = [e.token_id for e in engine.stream([Request(prompt, None, sampling)])]
-    with torch.no_grad():
-        logits = engine.model(input_ids=torch.tensor([prompt + ids])).logits[0].float()
+    with engine.scoring(None) as model, torch.no_grad():  # the bare base, whatever is loaded
+        logits = model(input_ids=torch.tensor([prompt + ids])).logits[0].float()
     expected = torch.log_softmax(logits, -1)
     model_log_probs = [float(expected[len(prompt) - 1 + k, t]) for k, t in enumerate(ids)]
     assert [t.log_prob for t in out.tokens] == pytest.approx(model_log_probs, abs=1e-4)
