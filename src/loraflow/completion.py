@@ -151,7 +151,7 @@ class Call:
 
         Event indexes count within the batch. Raises CompletionTimeoutError on a timeout.
         """
-        for event in self.engine.stream(batch or self.requests, timeout=self.params.timeout):
+        for event in self.engine.submit(batch or self.requests, timeout=self.params.timeout):
             if event.finish_reason == "timeout":
                 raise CompletionTimeoutError(
                     f"timeout: the completion took longer than {self.params.timeout} s; "

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ class Engine:
         self.use_chat = spec.formats_chat(self.tokenizer)
         self.adapters: dict[str, str] = {}  # model name -> peft adapter name
         self._lock = threading.Lock()
+        self._lock_scheduler = threading.Lock()
+        self._scheduler: Any = None
 
     def add_adapter(self, name: str, adapter_dir: Path) -> None:
         """Attach the LoRA adapter in ``adapter_dir`` under ``name`` (idempotent)."""
@@ -117,18 +120,35 @@ class Engine:
             raise NotFoundError(f"adapter {request.adapter!r} is not loaded on {self.base}")
 
     def stream(self, requests: list[Request], timeout: float | None = None) -> Iterator[TokenEvent]:
-        """Generate for ``requests`` as one batch, yielding token events as they come.
+        """Generate for ``requests`` as one batch of their own, yielding token events.
 
         Every request is checked before any runs; ``timeout`` (seconds) ends the requests
-        still going with finish reason "timeout".
+        still going with finish reason "timeout". See ``submit`` to share batches.
         """
         for r in requests:
             self.check(r)
         deadline = None if timeout is None else time.monotonic() + timeout
+        yield from self.generate_batch([replace(r, deadline=deadline) for r in requests])
+
+    def submit(self, requests: list[Request], timeout: float | None = None) -> Iterator[TokenEvent]:
+        """Like ``stream``, but batched with what other callers submit at the same time.
+
+        Checks every request first (raising before anything is queued); closing the
+        iterator early cancels the requests.
+        """
+        for r in requests:
+            self.check(r)
+        with self._lock_scheduler:
+            if self._scheduler is None:
+                from loraflow.engine.scheduler import Scheduler
+
+                self._scheduler = Scheduler(self)
+        return self._scheduler.submit(requests, timeout)
+
+    def generate_batch(self, requests: list[Request]) -> Iterator[TokenEvent]:
+        """Run checked requests as one batch, holding the model for the whole of it."""
         with self._lock, self._adapters_for(requests) as names:
-            yield from generate(
-                self.model, self.tokenizer, requests, adapter_names=names, deadline=deadline
-            )
+            yield from generate(self.model, self.tokenizer, requests, adapter_names=names)
 
     @contextmanager
     def scoring(self, adapter: str | None) -> Iterator[Any]:

@@ -9,6 +9,7 @@ and early stopping need. Rows are left-padded so one KV cache serves the whole b
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +35,17 @@ class Sampling:
 
 @dataclass
 class Request:
-    """One generation: prompt tokens, the adapter to apply (None: the base) and sampling."""
+    """One generation: prompt tokens, the adapter to apply (None: the base) and sampling.
+
+    ``deadline`` (a ``time.monotonic()`` value) ends it with finish reason "timeout";
+    setting ``cancelled`` drops it from its batch at the next step, with no further events.
+    """
 
     prompt_ids: list[int]
     adapter: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    deadline: float | None = None
+    cancelled: threading.Event | None = None
 
 
 @dataclass
@@ -121,7 +128,6 @@ def generate(
     requests: list[Request],
     *,
     adapter_names: list[str] | None = None,
-    deadline: float | None = None,
 ) -> Iterator[TokenEvent]:
     """Generate for ``requests`` as one batch, yielding a TokenEvent per request per step.
 
@@ -129,7 +135,7 @@ def generate(
     one batch; without it the model runs with whatever adapter is active.
 
     Each request ends on its end-of-sequence token, a stop sequence (cut from the text), its
-    token budget, or ``deadline`` (a ``time.monotonic()`` value; finish reason "timeout").
+    token budget, its deadline (finish reason "timeout"), or silently when cancelled.
     """
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -164,17 +170,22 @@ def generate(
             )
             past = out.past_key_values
             logits = out.logits[:, -1, :]
-            expired = deadline is not None and time.monotonic() > deadline
+            now = time.monotonic()
             chosen = []
             for n, r in enumerate(requests):
+                if r.cancelled is not None and r.cancelled.is_set():
+                    done[n] = True
                 if done[n]:
                     chosen.append(pad)
                     continue
+                expired = r.deadline is not None and now > r.deadline
                 token = choose(logits[n], r.sampling, generators[n])
                 chosen.append(token)
                 counts[n] += 1
                 yield _event(n, token, logits[n], r, texts[n], counts[n], token in eos, expired)
                 done[n] = _finished(token in eos, texts[n], counts[n], r, expired)
+            if all(done):
+                break
             step_ids = torch.tensor(chosen, device=device).unsqueeze(1)
             mask = torch.cat(
                 [mask, torch.ones((len(requests), 1), dtype=mask.dtype, device=device)], 1
