@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -97,6 +98,21 @@ class Settings(BaseSettings):
         None, description="Prefect API URL; unset uses Prefect's own settings."
     )
     validation: ValidationConfig = ValidationConfig()
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        [],
+        description="Keys the HTTP service accepts (comma-separated in LORAFLOW_API_KEYS); "
+        "none: `loraflow serve` makes one and prints it once.",
+    )
+    max_upload_bytes: int = Field(
+        256 * 2**20, ge=1, description="Largest file the HTTP service accepts (413 above)."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
     @field_validator("home", "models_dir")
     @classmethod

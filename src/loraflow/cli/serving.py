@@ -191,3 +191,16 @@ def promote(
     with prefect():
         decision = promote(config)
     out.print(decision.to_markdown(), highlight=False, markup=False)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 5005,
+) -> None:
+    """Serve LLM Engine's REST API and OpenAI's (/v1/completions, /v1/chat/completions)."""
+    from loraflow.server import serve as run
+
+    with prefect():
+        run(host, port, announce=lambda text: out.print(text, highlight=False, markup=False))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import queue
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal, overload
 
 from pydantic import ValidationError
 
 from loraflow import completion
+from loraflow.aio import iterate_in_thread
 from loraflow.errors import InvalidRequestError
 from loraflow.fine_tuning import DEPLOYMENT_NAME
 from loraflow.sdk.types import (
@@ -31,7 +30,6 @@ from loraflow.sdk.types import (
 )
 
 Messages = list[dict[str, str]]
-_END = object()
 
 
 class Completion:
@@ -187,7 +185,7 @@ class Completion:
         if not stream:
             return await asyncio.to_thread(call)
         chunks = await asyncio.to_thread(call, stream=True)
-        return _in_thread(lambda: chunks)
+        return iterate_in_thread(lambda: chunks)
 
     @classmethod
     def generate(
@@ -327,42 +325,3 @@ BATCH_STATUS: dict[str, BatchStatus] = {
     "CANCELLING": "cancelled",
     "CANCELLED": "cancelled",
 }
-
-
-async def _in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Iterate a blocking iterator in a worker thread; closing early stops it there."""
-    items: queue.Queue[Any] = queue.Queue(maxsize=64)
-    stop = threading.Event()
-
-    def pump() -> None:
-        iterator = make()
-        try:
-            for item in iterator:
-                if stop.is_set():
-                    break
-                items.put(item)
-        except BaseException as exc:  # delivered to the awaiting side
-            items.put(exc)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-            items.put(_END)
-
-    thread = threading.Thread(target=pump, name="loraflow-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = await asyncio.to_thread(items.get)
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                await asyncio.sleep(0.01)

@@ -34,13 +34,15 @@ class File:
     """Datasets in loraflow's object store. Every method is a classmethod, as in LLM Engine."""
 
     @classmethod
-    def upload(cls, file: IO[bytes] | IO[str] | str | Path) -> UploadFileResponse:
-        """Validate and store a CSV/JSONL dataset (an open file or a path).
+    def upload(
+        cls, file: IO[bytes] | IO[str] | str | Path, filename: str | None = None
+    ) -> UploadFileResponse:
+        """Validate and store a CSV/JSONL dataset (an open file or a path) as ``filename``.
 
         Raises ``DataValidationError`` (with ``.report`` listing every bad row) and stores
         nothing when the data is invalid.
         """
-        return UploadFileResponse(id=_repo().upload(file).id)
+        return UploadFileResponse(id=_repo().upload(file, filename).id)
 
     @classmethod
     def get(cls, file_id: str) -> GetFileResponse:

@@ -1,0 +1,59 @@
+"""Iterating blocking iterators from asyncio without tying up executor threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+_END = object()
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Yield the items of ``make()``, run in a thread of its own.
+
+    Items cross to the event loop as they come, so a slow reader never blocks the producer.
+    Leaving the iteration early makes the thread close the iterator at its next item (for
+    the engine's iterators, that cancels the generation).
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+
+    def deliver(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+    def pump() -> None:
+        iterator = make()
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    break
+                deliver(item)
+        except BaseException as exc:  # delivered to the awaiting side
+            deliver(_Raised(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            deliver(_END)
+
+    threading.Thread(target=pump, name="loraflow-stream", daemon=True).start()
+    try:
+        while True:
+            item = await items.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()

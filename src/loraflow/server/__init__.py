@@ -1,0 +1,40 @@
+"""``loraflow serve``: LLM Engine's REST API and OpenAI's, on uvicorn."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5005
+
+
+def api_keys_or_new() -> tuple[list[str], str | None]:
+    """The configured API keys, or one new key (returned second, to be shown once)."""
+    from loraflow.settings import get_settings
+
+    keys = [k.get_secret_value() for k in get_settings().api_keys]
+    if keys:
+        return keys, None
+    key = "lf-" + secrets.token_urlsafe(24)
+    return [key], key
+
+
+def build(api_keys: list[str], max_upload_bytes: int | None = None) -> Any:
+    from loraflow.server.app import create_app
+
+    return create_app(api_keys, max_upload_bytes)
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = print) -> None:
+    """Run the service until interrupted; prints a new API key once when none is configured."""
+    import uvicorn
+
+    keys, new = api_keys_or_new()
+    if new is not None:
+        announce(
+            f"No LORAFLOW_API_KEYS set; this server's API key (shown once): {new}\n"
+            f"  llmengine: LLM_ENGINE_BASE_PATH=http://{host}:{port}/ SCALE_API_KEY=<key>\n"
+            f"  openai:    OpenAI(base_url='http://{host}:{port}/v1', api_key='<key>')"
+        )
+    uvicorn.run(build(keys), host=host, port=port, log_level="info", access_log=False)

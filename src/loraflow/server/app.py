@@ -1,0 +1,232 @@
+"""The HTTP service: LLM Engine's REST API and OpenAI's, over the same SDK and engine.
+
+Every success is status 200; every error is ``{"detail": "<message>"}`` with 400, 401, 404,
+413, 429 or 5xx, which LLM Engine's client maps to its typed errors. Keys are checked in
+constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import uuid
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loraflow import __version__
+from loraflow.errors import (
+    DataValidationError,
+    InvalidRequestError,
+    LoraflowError,
+    NotFoundError,
+)
+
+log = logging.getLogger("loraflow.server")
+UPLOAD_PATHS = ("/v1/files",)
+
+
+class ApiKeys:
+    """The accepted keys; a request shows one as x-api-key, Basic username or Bearer token."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._keys = [k.encode() for k in keys if k]
+
+    def presented(self, request: Request) -> list[str]:
+        found = []
+        if key := request.headers.get("x-api-key"):
+            found.append(key)
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and value:
+            found.append(value.strip())
+        elif scheme.lower() == "basic" and value:
+            with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                found.append(base64.b64decode(value).decode().partition(":")[0])
+        return found
+
+    def check(self, request: Request) -> None:
+        # compare against every key, whatever matched, so timing says nothing about them
+        ok = False
+        for candidate in self.presented(request):
+            for key in self._keys:
+                ok |= hmac.compare_digest(candidate.encode(), key)
+        if not ok:
+            raise Unauthorized()
+
+
+class Unauthorized(LoraflowError):
+    pass
+
+
+class PayloadTooLarge(LoraflowError):
+    pass
+
+
+def status_of(exc: Exception) -> int:
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, PayloadTooLarge):
+        return 413
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, InvalidRequestError | DataValidationError):
+        return 400
+    if isinstance(exc, TimeoutError):
+        return 504
+    return 500
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def install_errors(app: FastAPI) -> None:
+    """Map every error to ``{"detail": ...}`` with the status LLM Engine's client expects."""
+
+    @app.exception_handler(LoraflowError)
+    async def _loraflow(request: Request, exc: LoraflowError) -> JSONResponse:
+        status = status_of(exc)
+        if status == 401:
+            return _error(
+                401,
+                "missing or wrong API key: send it as x-api-key, HTTP Basic username or Bearer",
+                {"WWW-Authenticate": 'Basic realm="loraflow", Bearer'},
+            )
+        if status == 413:
+            return _error(413, str(exc))
+        if status >= 500:
+            return _internal(exc)
+        return _error(status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, describe_validation(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _internal(exc)
+
+
+def _internal(exc: BaseException) -> JSONResponse:
+    ref = uuid.uuid4().hex[:12]
+    log.error("internal error %s: %s", ref, exc, exc_info=exc)
+    return _error(500, f"internal error (reference {ref}); the server log has the cause")
+
+
+def describe_validation(errors: Any) -> str:
+    """The first body/query problem as ``field: message``."""
+    if not errors:
+        return "invalid request"
+    error = errors[0]
+    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query")]
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":
+        return f"the body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+    return f"{'.'.join(loc) or 'body'}: {message}"
+
+
+class BodyLimit:
+    """ASGI middleware: uploads above ``limit`` bytes get 413, counted as they stream in."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith(UPLOAD_PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        seen = 0
+        exceeded = replaced = False
+
+        async def limited() -> Any:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            # a parser that swallowed the error answers 400: the client gets the 413 instead
+            nonlocal replaced
+            if not exceeded:
+                await send(message)
+            elif not replaced:
+                replaced = True
+                await self._reject(send)
+
+        try:
+            await self.app(scope, limited, guarded_send)
+        except PayloadTooLarge:
+            if not replaced:
+                await self._reject(send)
+
+    def _message(self) -> str:
+        return f"the file is larger than the limit of {self.limit:,} bytes (max_upload_bytes)"
+
+    async def _reject(self, send: Any) -> None:
+        response = _error(413, self._message())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> FastAPI:
+    """The service: LLM Engine routes under /v1 and /v2, OpenAI routes, open health checks.
+
+    ``api_keys`` must not be empty: every route but the health checks needs one of them.
+    """
+    from loraflow.server import llmengine, openai_api
+    from loraflow.settings import get_settings
+
+    if not api_keys:
+        raise LoraflowError("the HTTP service needs at least one API key")
+    keys = ApiKeys(api_keys)
+
+    def authorize(request: Request) -> None:
+        keys.check(request)
+
+    app = FastAPI(title="loraflow", version=__version__, docs_url="/docs", redoc_url=None)
+    install_errors(app)
+    protected = [Depends(authorize)]
+    app.include_router(llmengine.router, dependencies=protected)
+    app.include_router(openai_api.router, dependencies=protected)
+
+    @app.get("/healthz")
+    @app.get("/healthcheck")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        from loraflow.storage import get_store
+
+        get_store().exists("readyz")  # the object store answers
+        return {"status": "ready"}
+
+    limit = max_upload_bytes or get_settings().max_upload_bytes
+    app.add_middleware(BodyLimit, limit=limit)
+    return app

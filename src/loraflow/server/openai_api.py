@@ -1,0 +1,243 @@
+"""OpenAI-compatible routes: ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``.
+
+Streams are server-sent events ending with ``data: [DONE]``, as OpenAI's clients expect.
+Temperature is limited to 0..1 like LLM Engine's (OpenAI allows up to 2).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from loraflow import completion
+from loraflow.aio import iterate_in_thread
+from loraflow.errors import InvalidRequestError, LoraflowError
+from loraflow.sdk import Model
+
+router = APIRouter()
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    temperature: float = Field(1.0, ge=0, le=1)
+    top_p: float | None = None
+    n: int = Field(1, ge=1, le=64)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    seed: int | None = None
+
+    def params(self, max_tokens: int | None, log_probs: bool) -> completion.Params:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return completion.params(
+            max_new_tokens=16 if max_tokens is None else max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop_sequences=stop,
+            seed=self.seed,
+            return_token_log_probs=log_probs,
+        )
+
+
+class CompletionBody(_Common):
+    prompt: str | list[str]
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+    def turn(self) -> dict[str, Any]:
+        content = self.content
+        if isinstance(content, list):  # content parts: only text is understood
+            content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatBody(_Common):
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    stream_options: dict[str, Any] | None = None
+
+
+def _finish(reason: str | None) -> str | None:
+    return None if reason is None else ("length" if reason == "length" else "stop")
+
+
+def _usage(prompt: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
+
+
+def _calls(body: CompletionBody | ChatBody) -> completion.Call:
+    if isinstance(body, ChatBody):
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        params = body.params(max_tokens, bool(body.logprobs))
+        turns = [m.turn() for m in body.messages]
+        return completion.Call(body.model, [(None, turns)], params, body.n)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not prompts:
+        raise InvalidRequestError("prompt: send a prompt or a list of prompts")
+    params = body.params(body.max_tokens, body.logprobs is not None)
+    return completion.Call(body.model, [(p, None) for p in prompts], params, body.n)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionBody) -> Any:
+    call = await run_in_threadpool(_calls, body)
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
+    if body.stream:
+        return _stream(call, head, _text_choice_delta)
+    outputs = await run_in_threadpool(call.outputs)
+    choices = [
+        {
+            "index": i,
+            "text": o.text,
+            "finish_reason": _finish(o.finish_reason),
+            "logprobs": None
+            if o.tokens is None
+            else {
+                "tokens": [t.token for t in o.tokens],
+                "token_logprobs": [t.log_prob for t in o.tokens],
+                "top_logprobs": None,
+                "text_offset": _offsets([t.token for t in o.tokens]),
+            },
+        }
+        for i, o in enumerate(outputs)
+    ]
+    return head | {"choices": choices, "usage": _usage_of(call, outputs)}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatBody) -> Any:
+    call = await run_in_threadpool(_calls, body)
+    rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "chat.completion", "created": created, "model": body.model}
+    if body.stream:
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        chunk_head = head | {"object": "chat.completion.chunk"}
+        return _stream(call, chunk_head, _chat_choice_delta, usage)
+    outputs = await run_in_threadpool(call.outputs)
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": o.text},
+            "finish_reason": _finish(o.finish_reason),
+            "logprobs": None
+            if o.tokens is None
+            else {
+                "content": [
+                    {
+                        "token": t.token,
+                        "logprob": t.log_prob,
+                        "bytes": list(t.token.encode()),
+                        "top_logprobs": [],
+                    }
+                    for t in o.tokens
+                ]
+            },
+        }
+        for i, o in enumerate(outputs)
+    ]
+    return head | {"choices": choices, "usage": _usage_of(call, outputs)}
+
+
+def _usage_of(call: completion.Call, outputs: list[Any]) -> dict[str, int]:
+    prompt = sum(len(r.prompt_ids) for r in call.requests[:: call.num_generations])
+    return _usage(prompt, sum(o.num_completion_tokens for o in outputs))
+
+
+def _offsets(tokens: list[str]) -> list[int]:
+    offsets, at = [], 0
+    for token in tokens:
+        offsets.append(at)
+        at += len(token)
+    return offsets
+
+
+def _text_choice_delta(event: Any, first: bool) -> dict[str, Any]:
+    logprobs = None
+    if event.log_prob is not None:
+        logprobs = {"tokens": [event.token], "token_logprobs": [event.log_prob]}
+    return {
+        "index": event.index,
+        "text": event.text,
+        "finish_reason": _finish(event.finish_reason) if event.finished else None,
+        "logprobs": logprobs,
+    }
+
+
+def _chat_choice_delta(event: Any, first: bool) -> dict[str, Any]:
+    delta: dict[str, Any] = {"content": event.text}
+    if first:
+        delta["role"] = "assistant"
+    choice: dict[str, Any] = {
+        "index": event.index,
+        "delta": delta,
+        "finish_reason": _finish(event.finish_reason) if event.finished else None,
+        "logprobs": None,
+    }
+    if event.log_prob is not None:
+        token = {"token": event.token, "logprob": event.log_prob, "top_logprobs": []}
+        choice["logprobs"] = {"content": [token]}
+    return choice
+
+
+def _stream(call: completion.Call, head: dict[str, Any], choice: Any, usage: bool = False) -> Any:
+    async def events() -> AsyncIterator[str]:
+        seen: set[int] = set()
+        tokens = 0
+        try:
+            async for event in iterate_in_thread(call.events):
+                body = head | {"choices": [choice(event, event.index not in seen)]}
+                seen.add(event.index)
+                tokens += 1
+                yield f"data: {json.dumps(body)}\n\n"
+        except LoraflowError as exc:
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'error'}})}\n\n"
+        if usage:
+            prompt = sum(len(r.prompt_ids) for r in call.requests[:: call.num_generations])
+            yield f"data: {json.dumps(head | {'choices': [], 'usage': _usage(prompt, tokens)})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "loraflow"
+
+
+@router.get("/v1/models")
+def list_models() -> Any:
+    data = [_card(m) for m in Model.list().model_endpoints]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model:path}")
+def get_model(model: str) -> Any:
+    return _card(Model.get(model))
+
+
+def _card(m: Any) -> ModelCard:
+    created = int(m.created_at.timestamp()) if m.created_at else 0
+    return ModelCard(id=m.name, created=created, owned_by="loraflow" if m.fine_tuned else "base")

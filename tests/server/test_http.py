@@ -1,0 +1,104 @@
+"""The service over raw HTTP: auth, health, error shapes and statuses, streaming framing."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import pytest
+
+from tests.server.conftest import API_KEY, UPLOAD_LIMIT
+
+MODEL = "tiny-llama-test"
+SYNC = f"/v1/llm/completions-sync?model_endpoint_name={MODEL}"
+STREAM = f"/v1/llm/completions-stream?model_endpoint_name={MODEL}"
+BODY = {"prompt": "Hi", "max_new_tokens": 5, "temperature": 0}
+
+
+def client(server: str, **headers: str) -> httpx.Client:
+    return httpx.Client(base_url=server, headers=headers, timeout=60)
+
+
+def test_health_is_open_and_everything_else_needs_a_key(server: str) -> None:
+    anon = client(server)
+    assert anon.get("/healthz").json() == {"status": "ok"}
+    assert anon.get("/readyz").status_code == 200
+    for method, path in (("GET", "/v1/files"), ("POST", SYNC), ("GET", "/v1/models")):
+        response = anon.request(method, path, json=BODY)
+        assert response.status_code == 401, path
+        assert "API key" in response.json()["detail"]
+    wrong = client(server, **{"x-api-key": "nope"}).get("/v1/files")
+    assert wrong.status_code == 401 and "nope" not in wrong.text
+    basic = base64.b64encode(f"{API_KEY}:".encode()).decode()
+    for headers in (
+        {"x-api-key": API_KEY},
+        {"Authorization": f"Basic {basic}"},
+        {"Authorization": f"Bearer {API_KEY}"},
+    ):
+        assert client(server, **headers).get("/v1/files").status_code == 200, headers
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "detail"),
+    [
+        (SYNC, b"{not json", 400, "not valid JSON"),
+        (SYNC, {"prompt": "Hi", "temperature": 0}, 400, "max_new_tokens: Field required"),
+        (SYNC, {**BODY, "temperature": 1.5}, 400, "temperature"),
+        (SYNC, {**BODY, "max_new_tokens": 0}, 400, "max_new_tokens"),
+        (SYNC, {**BODY, "max_new_tokens": 10**6}, 400, "max_new_tokens"),
+        (SYNC, {**BODY, "prompt": "word " * 5000}, 400, "context window"),
+        (SYNC, {**BODY, "guided_regex": "a+"}, 400, "guided_regex"),
+        ("/v1/llm/completions-sync?model_endpoint_name=nope", BODY, 404, "nope"),
+        (STREAM.replace(MODEL, "nope"), BODY, 404, "nope"),
+        (STREAM, {**BODY, "temperature": 7}, 400, "temperature"),
+        ("/v1/llm/fine-tunes", {"model": MODEL}, 400, "training_file"),
+        ("/v1/completions", {"model": MODEL, "prompt": "Hi", "temperature": 2}, 400, "temperature"),
+        ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages"),
+    ],
+)
+def test_bad_requests_get_4xx_with_a_detail_and_the_server_goes_on(
+    server: str, path: str, body: object, status: int, detail: str
+) -> None:
+    http = client(server, **{"x-api-key": API_KEY})
+    if isinstance(body, bytes):
+        response = http.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        response = http.post(path, json=body)
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
+    assert http.post(SYNC, json=BODY).status_code == 200
+
+
+def test_oversize_uploads_get_413_and_store_nothing(server: str) -> None:
+    from loraflow.storage import get_store
+
+    http = client(server, **{"x-api-key": API_KEY})
+    big = b"prompt,response\n" + b"a,b\n" * (UPLOAD_LIMIT // 4 + 1)
+    response = http.post("/v1/files", files={"file": ("big.csv", big)})
+    assert response.status_code == 413 and "max_upload_bytes" in response.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is counted as the body streams in
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.csv"\r\n\r\n'
+        for _ in range(UPLOAD_LIMIT // 2**16 + 2):
+            yield b"a,b\n" * 2**14
+        yield b"\r\n--b--\r\n"
+
+    streamed = http.post(
+        "/v1/files", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert streamed.status_code == 413
+    assert not list(get_store().list("files/"))
+
+
+def test_llm_engine_stream_is_one_json_object_a_line_with_no_done(server: str) -> None:
+    http = client(server, **{"x-api-key": API_KEY})
+    with http.stream("POST", STREAM, json={**BODY, "return_token_log_probs": True}) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line.startswith("data:")]
+    chunks = [json.loads(line.removeprefix("data:")) for line in lines]
+    assert all(c["request_id"] == chunks[0]["request_id"] for c in chunks)
+    assert [c["output"]["finished"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    whole = http.post(SYNC, json={**BODY, "return_token_log_probs": True}).json()
+    assert "".join(c["output"]["text"] for c in chunks) == whole["output"]["text"]
+    assert [c["output"]["token"] for c in chunks] == whole["output"]["tokens"]
