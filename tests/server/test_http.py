@@ -102,3 +102,33 @@ def test_llm_engine_stream_is_one_json_object_a_line_with_no_done(server: str) -
     whole = http.post(SYNC, json={**BODY, "return_token_log_probs": True}).json()
     assert "".join(c["output"]["text"] for c in chunks) == whole["output"]["text"]
     assert [c["output"]["token"] for c in chunks] == whole["output"]["tokens"]
+
+
+def test_a_disconnected_stream_stops_its_generation_and_a_silent_reader_stalls_no_one(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from loraflow.engine import get_engine
+
+    engine = get_engine(MODEL)
+    produced: list[int] = []
+    real = engine.generate_batch
+
+    def counting(requests: list) -> object:
+        for event in real(requests):
+            produced.append(len(requests))
+            yield event
+
+    monkeypatch.setattr(engine, "generate_batch", counting)
+    http = client(server, **{"x-api-key": API_KEY})
+    long = {**BODY, "max_new_tokens": 400}
+    with http.stream("POST", STREAM, json=long) as response:
+        next(response.iter_lines())  # the first event arrived; then the client hangs up
+    assert http.post(SYNC, json=BODY).status_code == 200  # runs after whatever was running
+    assert len(produced) < 300  # so the long generation stopped at the disconnect, not at 400
+
+    silent = http.stream("POST", STREAM, json=long)  # opened, never read
+    silent.__enter__()
+    try:  # the unread stream's tokens queue up; others are served (or this times out)
+        assert http.post(SYNC, json=BODY).status_code == 200
+    finally:
+        silent.__exit__(None, None, None)

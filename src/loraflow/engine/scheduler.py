@@ -21,7 +21,7 @@ from typing import Any
 
 from loraflow.engine.generation import Request, TokenEvent
 
-WINDOW_SECONDS = 0.005
+WINDOW_SECONDS = 0.02
 MAX_BATCH = 64
 _DONE = object()
 

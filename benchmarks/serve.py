@@ -1,0 +1,170 @@
+"""Benchmark: the HTTP service under 1 and under 16 concurrent streaming clients.
+
+A ``loraflow serve`` subprocess serves SmolLM2-135M; clients here stream LLM Engine
+completions (greedy, 64 new tokens at most) over HTTP. Printed: aggregate generated tokens/s
+with 1 client and with 16, their ratio (goal >= 5x), time to first token p50/p99 under 16, and
+the server's overhead against raw engine generation of the same 16 prompts in one batch in
+this process (goal <= 10 %).
+
+    python benchmarks/serve.py [--model smollm2-135m-instruct] [--clients 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+KEY = "bench-key"
+
+
+def prompts(n: int) -> list[str]:
+    import polars as pl
+
+    frame = pl.read_csv(ROOT / "src/loraflow/datasets/customer_support.csv", infer_schema=False)
+    return list(frame["prompt"][:n])
+
+
+def start_server(port: int, home: str) -> subprocess.Popen:
+    import httpx
+
+    env = os.environ | {"LORAFLOW_API_KEYS": KEY, "LORAFLOW_HOME": home}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loraflow", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the server did not start")
+
+
+def stream_one(base: str, model: str, prompt: str, tokens: int) -> tuple[int, float, float]:
+    """(generated tokens, time to first token, total time) of one streamed completion."""
+    import httpx
+
+    body = {"prompt": prompt, "max_new_tokens": tokens, "temperature": 0}
+    start = time.perf_counter()
+    first, count = None, 0
+    with httpx.stream(
+        "POST",
+        f"{base}/v1/llm/completions-stream?model_endpoint_name={model}",
+        json=body,
+        headers={"x-api-key": KEY},
+        timeout=600,
+    ) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            chunk = json.loads(line[5:])
+            if first is None:
+                first = time.perf_counter() - start
+            count = chunk["output"]["num_completion_tokens"] or count
+    return count, first or 0.0, time.perf_counter() - start
+
+
+def load(base: str, model: str, texts: list[str], clients: int, rounds: int, tokens: int) -> dict:
+    """``clients`` threads, each streaming ``rounds`` completions one after another."""
+    results: list[tuple[int, float, float]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+
+    def client(k: int) -> None:
+        barrier.wait()
+        for r in range(rounds):
+            out = stream_one(base, model, texts[(k + r * clients) % len(texts)], tokens)
+            with lock:
+                results.append(out)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    ttft = sorted(r[1] for r in results)
+    return {"tokens": sum(r[0] for r in results), "seconds": seconds, "ttft": ttft}
+
+
+def raw_engine(model: str, texts: list[str], tokens: int) -> dict:
+    from loraflow.engine import Request, Sampling, get_engine
+
+    engine = get_engine(model)
+    sampling = Sampling(max_new_tokens=tokens, temperature=0)
+    requests = [Request(engine.encode(t), None, sampling) for t in texts]
+    list(engine.stream(requests[:2]))  # warm up
+    start = time.perf_counter()
+    count = sum(1 for _ in engine.stream(requests))
+    return {"tokens": count, "seconds": time.perf_counter() - start}
+
+
+def pct(values: list[float], q: int) -> float:
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        if len(values) > 1
+        else values[0]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--port", type=int, default=5077)
+    args = parser.parse_args()
+
+    texts = prompts(args.clients * args.rounds)
+    base = f"http://127.0.0.1:{args.port}"
+    with tempfile.TemporaryDirectory() as home:
+        proc = start_server(args.port, home)
+        try:
+            stream_one(base, args.model, "warm up", 4)  # loads the model in the server
+            one = load(base, args.model, texts, 1, args.rounds, args.tokens)
+            many = load(base, args.model, texts, args.clients, args.rounds, args.tokens)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        raw = raw_engine(args.model, texts[: args.clients], args.tokens)
+    rate_one = one["tokens"] / one["seconds"]
+    rate_many = many["tokens"] / many["seconds"]
+    rate_raw = raw["tokens"] / raw["seconds"]
+    print(f"model {args.model}, greedy, {args.tokens} new tokens at most, streaming over HTTP")
+    print(f" 1 client : {one['tokens']} tokens in {one['seconds']:.1f} s = {rate_one:.1f} tokens/s")
+    print(
+        f"{args.clients} clients: {many['tokens']} tokens in {many['seconds']:.1f} s "
+        f"= {rate_many:.1f} tokens/s"
+    )
+    print(f"ratio {rate_many / rate_one:.2f}x (goal >= 5x)")
+    print(
+        f"time to first token under {args.clients} clients: "
+        f"p50 {pct(many['ttft'], 50) * 1000:.0f} ms, p99 {pct(many['ttft'], 99) * 1000:.0f} ms"
+    )
+    print(
+        f"raw engine, the same {args.clients} prompts in one batch: {rate_raw:.1f} tokens/s; "
+        f"server overhead {100 * (1 - rate_many / rate_raw):.1f} % (goal <= 10 %)"
+    )
+
+
+if __name__ == "__main__":
+    main()
