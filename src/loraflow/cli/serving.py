@@ -203,4 +203,8 @@ def serve(
     from loraflow.server import serve as run
 
     with prefect():
-        run(host, port, announce=lambda text: out.print(text, highlight=False, markup=False))
+        run(
+            host,
+            port,
+            announce=lambda text: out.print(text, highlight=False, markup=False, soft_wrap=True),
+        )

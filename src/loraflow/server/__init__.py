@@ -33,7 +33,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
     keys, new = api_keys_or_new()
     if new is not None:
         announce(
-            f"No LORAFLOW_API_KEYS set; this server's API key (shown once): {new}\n"
+            "No LORAFLOW_API_KEYS set; this server's API key (shown once):\n"
+            f"  {new}\n"
             f"  llmengine: LLM_ENGINE_BASE_PATH=http://{host}:{port}/ SCALE_API_KEY=<key>\n"
             f"  openai:    OpenAI(base_url='http://{host}:{port}/v1', api_key='<key>')"
         )

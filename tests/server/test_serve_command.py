@@ -1,0 +1,56 @@
+"""``loraflow serve`` as users start it: a subprocess that makes and shows a key once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_without_keys_prints_a_new_one_once_and_never_logs_it(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLOW_")}
+    env |= {"LORAFLOW_HOME": str(tmp_path / "home"), "LORAFLOW_MODELS_DIR": str(models_dir)}
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "loraflow", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        lines = log.read_text().splitlines()
+        shown = [n for n, line in enumerate(lines) if "(shown once)" in line]
+        assert len(shown) == 1
+        key = lines[shown[0] + 1].strip()
+        assert key.startswith("lf-") and len(key) > 20
+        assert httpx.get(f"{base}/v1/models", headers={"x-api-key": key}).status_code == 200
+        assert httpx.get(f"{base}/v1/models", headers={"x-api-key": "x"}).status_code == 401
+        bearer = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert bearer.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert log.read_text().count(key) == 1  # printed once, never logged again
