@@ -108,23 +108,16 @@ def test_a_disconnected_stream_stops_its_generation_and_a_silent_reader_stalls_n
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from loraflow.engine import get_engine
+    from tests.engine.test_scheduler import Recorder
 
-    engine = get_engine(MODEL)
-    produced: list[int] = []
-    real = engine.generate_batch
-
-    def counting(requests: list) -> object:
-        for event in real(requests):
-            produced.append(len(requests))
-            yield event
-
-    monkeypatch.setattr(engine, "generate_batch", counting)
+    recorder = Recorder(get_engine(MODEL), monkeypatch)
     http = client(server, **{"x-api-key": API_KEY})
     long = {**BODY, "max_new_tokens": 400}
     with http.stream("POST", STREAM, json=long) as response:
         next(response.iter_lines())  # the first event arrived; then the client hangs up
-    assert http.post(SYNC, json=BODY).status_code == 200  # runs after whatever was running
-    assert len(produced) < 300  # so the long generation stopped at the disconnect, not at 400
+    assert http.post(SYNC, json=BODY).status_code == 200  # served meanwhile
+    assert get_engine(MODEL)._scheduler.idle.wait(timeout=120)  # nothing left running
+    assert len(recorder.events) < 300  # the long one stopped at the disconnect, not at 400
 
     silent = http.stream("POST", STREAM, json=long)  # opened, never read
     silent.__enter__()

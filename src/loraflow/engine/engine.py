@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loraflow.engine.generation import BASE_ADAPTER, Request, TokenEvent, generate
+from loraflow.engine.generation import BASE_ADAPTER, Decoder, Request, TokenEvent, eos_ids
 from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError
 from loraflow.models import model_revision, prepare, resolve_model
 from loraflow.models.zoo import load_zoo
@@ -146,9 +146,22 @@ class Engine:
         return self._scheduler.submit(requests, timeout)
 
     def generate_batch(self, requests: list[Request]) -> Iterator[TokenEvent]:
-        """Run checked requests as one batch, holding the model for the whole of it."""
+        """Run checked requests as one batch until every one has finished."""
+        decoder = self.decoder()
+        yield from decoder.admit(list(enumerate(requests)))
+        while decoder.rows:
+            yield from decoder.step()
+
+    def decoder(self) -> Decoder:
+        """A new continuous batch on this engine's model (see ``Decoder``)."""
+        device = next(self.model.parameters()).device
+        return Decoder(self._forward, self.tokenizer, device, eos_ids(self.model, self.tokenizer))
+
+    def _forward(self, requests: list[Request], **inputs: Any) -> Any:
+        """One forward pass for these rows, with their adapters; the model is held meanwhile."""
         with self._lock, self._adapters_for(requests) as names:
-            yield from generate(self.model, self.tokenizer, requests, adapter_names=names)
+            extra = {} if names is None else {"adapter_names": names}
+            return self.model(**inputs, **extra)
 
     @contextmanager
     def scoring(self, adapter: str | None) -> Iterator[Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,75 +121,158 @@ def choose(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    requests: list[Request],
-    *,
-    adapter_names: list[str] | None = None,
-) -> Iterator[TokenEvent]:
-    """Generate for ``requests`` as one batch, yielding a TokenEvent per request per step.
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every token that ends a generation: the tokenizer's and the generation config's."""
+    configured = _as_list(getattr(model.generation_config, "eos_token_id", None))
+    return {tokenizer.eos_token_id} | set(configured)
 
-    ``adapter_names`` (peft's per-row adapters, ``BASE_ADAPTER`` for none) mixes adapters in
-    one batch; without it the model runs with whatever adapter is active.
 
-    Each request ends on its end-of-sequence token, a stop sequence (cut from the text), its
-    token budget, its deadline (finish reason "timeout"), or silently when cancelled.
+@dataclass
+class _Row:
+    key: int
+    request: Request
+    text: _TextState
+    generator: torch.Generator | None
+    count: int = 0
+    done: bool = False
+
+
+class Decoder:
+    """A batch that requests join and leave between steps (continuous batching).
+
+    Joining requests are prefilled as a batch of their own, then their KV cache is merged
+    into the running one (both left-padded to one length); finished and cancelled rows are
+    dropped from the cache, and columns no row needs any more are trimmed.
+    ``forward(requests, **inputs)`` runs the model for those rows (and picks their adapters).
     """
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = {tokenizer.eos_token_id} | set(
-        _as_list(getattr(model.generation_config, "eos_token_id", None))
-    )
-    width = max(len(r.prompt_ids) for r in requests)
-    ids = torch.full((len(requests), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(requests), width), dtype=torch.long)
-    for n, r in enumerate(requests):
-        ids[n, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-        mask[n, width - len(r.prompt_ids) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    extra: dict[str, Any] = {} if adapter_names is None else {"adapter_names": adapter_names}
-    generators = [_generator(r.sampling.seed, device) for r in requests]
-    texts = [_TextState(tokenizer, r.sampling.stop_sequences) for r in requests]
-    done = [False] * len(requests)
-    counts = [0] * len(requests)
-    past = None
-    step_ids, step_pos = ids, positions
-    with torch.inference_mode():
-        while not all(done):
-            out = model(
-                input_ids=step_ids,
+
+    def __init__(self, forward: Any, tokenizer: Any, device: Any, eos: set[int]) -> None:
+        self.forward = forward
+        self.tokenizer = tokenizer
+        self.device = device
+        self.eos = eos
+        pad = tokenizer.pad_token_id
+        self.pad = tokenizer.eos_token_id if pad is None else pad
+        self.rows: list[_Row] = []
+        self.past: Any = None
+        self.mask: torch.Tensor | None = None  # [rows, cached length]
+        self.last: torch.Tensor | None = None  # [rows, 1]: the next input token
+        self.pos: torch.Tensor | None = None  # [rows, 1]: its position
+
+    def admit(self, keyed: list[tuple[int, Request]]) -> list[TokenEvent]:
+        """Prefill new requests, join them to the batch; returns their first tokens' events."""
+        width = max(len(r.prompt_ids) for _, r in keyed)
+        ids = torch.full((len(keyed), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(keyed), width), dtype=torch.long)
+        for n, (_, r) in enumerate(keyed):
+            ids[n, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[n, width - len(r.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        rows = [
+            _Row(
+                k,
+                r,
+                _TextState(self.tokenizer, r.sampling.stop_sequences),
+                _generator(r, self),
+            )
+            for k, r in keyed
+        ]
+        with torch.inference_mode():
+            out = self.forward(
+                [row.request for row in rows],
+                input_ids=ids,
                 attention_mask=mask,
-                position_ids=step_pos,
-                past_key_values=past,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True,
                 logits_to_keep=1,
-                **extra,
             )
-            past = out.past_key_values
-            logits = out.logits[:, -1, :]
-            now = time.monotonic()
-            chosen = []
-            for n, r in enumerate(requests):
-                if r.cancelled is not None and r.cancelled.is_set():
-                    done[n] = True
-                if done[n]:
-                    chosen.append(pad)
-                    continue
-                expired = r.deadline is not None and now > r.deadline
-                token = choose(logits[n], r.sampling, generators[n])
-                chosen.append(token)
-                counts[n] += 1
-                yield _event(n, token, logits[n], r, texts[n], counts[n], token in eos, expired)
-                done[n] = _finished(token in eos, texts[n], counts[n], r, expired)
-            if all(done):
-                break
-            step_ids = torch.tensor(chosen, device=device).unsqueeze(1)
-            mask = torch.cat(
-                [mask, torch.ones((len(requests), 1), dtype=mask.dtype, device=device)], 1
+        self._join(rows, out.past_key_values, mask, mask.sum(-1, keepdim=True))
+        events = self._choose(rows, out.logits[:, -1, :], len(self.rows) - len(rows))
+        self._drop_finished()
+        return events
+
+    def step(self) -> list[TokenEvent]:
+        """One decoding step for every row; drops the rows that finished."""
+        assert self.mask is not None and self.last is not None and self.pos is not None
+        ones = torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=self.device)
+        mask = torch.cat([self.mask, ones], 1)
+        with torch.inference_mode():
+            out = self.forward(
+                [row.request for row in self.rows],
+                input_ids=self.last,
+                attention_mask=mask,
+                position_ids=self.pos,
+                past_key_values=self.past,
+                use_cache=True,
+                logits_to_keep=1,
             )
-            step_pos = step_pos[:, -1:] + 1
+        self.past, self.mask, self.pos = out.past_key_values, mask, self.pos + 1
+        events = self._choose(self.rows, out.logits[:, -1, :], 0)
+        self._drop_finished()
+        return events
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor, offset: int) -> list[TokenEvent]:
+        now = time.monotonic()
+        events = []
+        for n, row in enumerate(rows):
+            r = row.request
+            if r.cancelled is not None and r.cancelled.is_set():
+                row.done = True
+                continue
+            expired = r.deadline is not None and now > r.deadline
+            token = choose(logits[n], r.sampling, row.generator)
+            row.count += 1
+            is_eos = token in self.eos
+            events.append(
+                _event(row.key, token, logits[n], r, row.text, row.count, is_eos, expired)
+            )
+            row.done = _finished(is_eos, row.text, row.count, r, expired)
+            assert self.last is not None
+            self.last[offset + n, 0] = token
+        return events
+
+    def _join(self, rows: list[_Row], past: Any, mask: torch.Tensor, pos: torch.Tensor) -> None:
+        last = torch.full((len(rows), 1), self.pad, dtype=torch.long, device=self.device)
+        if not self.rows:
+            self.rows, self.past, self.mask, self.last, self.pos = rows, past, mask, last, pos
+            return
+        assert self.mask is not None and self.last is not None and self.pos is not None
+        width = max(self.mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self.past.layers, past.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
+            mine.values = torch.cat(
+                [_left_pad(mine.values, width), _left_pad(theirs.values, width)]
+            )
+        self.mask = torch.cat([_left_pad(self.mask, width, dim=1), _left_pad(mask, width, dim=1)])
+        self.last = torch.cat([self.last, last])
+        self.pos = torch.cat([self.pos, pos])
+        self.rows = self.rows + rows
+
+    def _drop_finished(self) -> None:
+        keep = [n for n, row in enumerate(self.rows) if not row.done]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[n] for n in keep]
+        if not keep:
+            self.past = self.mask = self.last = self.pos = None
+            return
+        assert self.mask is not None and self.last is not None and self.pos is not None
+        index = torch.tensor(keep, device=self.device)
+        used = int(self.mask[index].any(0).nonzero()[0])  # columns before it serve no row
+        for layer in self.past.layers:
+            layer.keys = layer.keys[index, :, used:]
+            layer.values = layer.values[index, :, used:]
+        self.mask = self.mask[index, used:]
+        self.last, self.pos = self.last[index], self.pos[index]
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim)
 
 
 def _event(
@@ -219,10 +301,10 @@ def _finished(is_eos: bool, text: _TextState, count: int, r: Request, expired: b
     return is_eos or text.stopped or count >= r.sampling.max_new_tokens or expired
 
 
-def _generator(seed: int | None, device: Any) -> torch.Generator | None:
-    if seed is None:
+def _generator(r: Request, decoder: Decoder) -> torch.Generator | None:
+    if r.sampling.seed is None:
         return None
-    return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator(device=decoder.device).manual_seed(r.sampling.seed)
 
 
 def _as_list(value: Any) -> list[int]:

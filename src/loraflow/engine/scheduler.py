@@ -1,13 +1,11 @@
-"""Batching of concurrent callers into the engine: a collection window, then one batch.
+"""Continuous batching of concurrent callers into the engine.
 
-Callers (SDK threads, HTTP requests, tasks) ``submit`` their requests and iterate events; a
-single scheduler thread per engine gathers what arrives within a short window (or until the
-batch is full), runs it as one batch, and routes each event to its caller's queue. Queues are
-unbounded, so a slow reader never holds up the batch; a caller that stops reading cancels its
-requests, which leave the batch at the next step.
-
-Batches are formed between generations (static batching): a request that arrives while a batch
-runs waits for it to finish. Joining a running batch (continuous batching) is not done yet.
+Callers (SDK threads, HTTP requests, tasks) ``submit`` their requests and iterate events. One
+scheduler thread per engine keeps a running batch (a ``Decoder``): between decoding steps it
+admits what has arrived (up to ``max_batch`` rows), and finished rows leave at once. When idle,
+it waits a short window after the first arrival so that requests sent together start together.
+Each event goes to its caller's unbounded queue, so a slow reader never holds up the batch; a
+caller that stops reading cancels its requests, which leave the batch at the next step.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ from typing import Any
 
 from loraflow.engine.generation import Request, TokenEvent
 
-WINDOW_SECONDS = 0.02
+WINDOW_SECONDS = 0.01
 MAX_BATCH = 64
 _DONE = object()
 
@@ -31,6 +29,7 @@ class _Submission:
     requests: list[Request]
     events: queue.Queue[Any] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    remaining: int = 0  # requests not finished yet
 
 
 class Scheduler:
@@ -41,6 +40,8 @@ class Scheduler:
         self.window = window
         self.max_batch = max_batch
         self._pending: queue.Queue[_Submission] = queue.Queue()
+        self.idle = threading.Event()  # set while no request is queued or running
+        self.idle.set()
         self._thread = threading.Thread(target=self._loop, name="loraflow-scheduler", daemon=True)
         self._thread.start()
 
@@ -52,6 +53,8 @@ class Scheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         sub = _Submission([])
         sub.requests = [replace(r, deadline=deadline, cancelled=sub.cancelled) for r in requests]
+        sub.remaining = len(sub.requests)
+        self.idle.clear()
         self._pending.put(sub)
         return self._events(sub)
 
@@ -68,39 +71,86 @@ class Scheduler:
         finally:
             sub.cancelled.set()
 
-    def _collect(self) -> list[_Submission]:
-        first = self._pending.get()
-        batch, size = [first], len(first.requests)
-        until = time.monotonic() + self.window
-        while size < self.max_batch:
+    def _arrivals(self, idle: bool) -> list[_Submission]:
+        """New submissions: when idle, wait for one and then a short window for more."""
+        found: list[_Submission] = []
+        if idle:
+            found.append(self._pending.get())
+            until = time.monotonic() + self.window
+            while (left := until - time.monotonic()) > 0:
+                try:
+                    found.append(self._pending.get(timeout=left))
+                except queue.Empty:
+                    break
+        while True:
             try:
-                nxt = self._pending.get(timeout=max(0.0, until - time.monotonic()))
+                found.append(self._pending.get_nowait())
             except queue.Empty:
                 break
-            batch.append(nxt)
-            size += len(nxt.requests)
-        return [s for s in batch if not s.cancelled.is_set()]
+        return [s for s in found if not s.cancelled.is_set()]
 
     def _loop(self) -> None:
+        decoder: Any = None
+        waiting: list[_Submission] = []
+        owners: dict[int, tuple[_Submission, int]] = {}
+        keys = iter(range(2**62))
         while True:
-            subs = self._collect()
-            if subs:
-                self._run(subs)
+            running = decoder is not None and bool(decoder.rows)
+            if not running and not waiting and self._pending.empty():
+                self.idle.set()
+            waiting += self._arrivals(idle=not running and not waiting)
+            try:
+                room = self.max_batch - (len(decoder.rows) if running else 0)
+                admitted, waiting = _fit(waiting, room, running)
+                if admitted:
+                    keyed = []
+                    for sub in admitted:
+                        for k, r in enumerate(sub.requests):
+                            key = next(keys)
+                            owners[key] = (sub, k)
+                            keyed.append((key, r))
+                    if not running:
+                        decoder = self.engine.decoder()
+                    self._route(decoder.admit(keyed), owners)
+                if decoder is not None and decoder.rows:
+                    self._route(decoder.step(), owners)
+            except BaseException as exc:  # the callers see it; the scheduler goes on
+                for sub in {id(s): s for s, _ in owners.values()}.values():
+                    sub.events.put(exc)
+                    sub.events.put(_DONE)
+                owners.clear()
+                decoder = None
+            self._forget_cancelled(owners)
 
-    def _run(self, subs: list[_Submission]) -> None:
-        owners: list[tuple[_Submission, int]] = []
-        requests: list[Request] = []
-        for sub in subs:
-            for k, r in enumerate(sub.requests):
-                owners.append((sub, k))
-                requests.append(r)
-        try:
-            for event in self.engine.generate_batch(requests):
-                sub, k = owners[event.index]
-                event.index = k
-                sub.events.put(event)
-        except BaseException as exc:  # the callers see it; the scheduler goes on
-            for sub in subs:
-                sub.events.put(exc)
-        for sub in subs:
-            sub.events.put(_DONE)
+    @staticmethod
+    def _route(events: list[TokenEvent], owners: dict[int, tuple[_Submission, int]]) -> None:
+        for event in events:
+            sub, k = owners[event.index]
+            if event.finished:
+                del owners[event.index]
+                sub.remaining -= 1
+            event.index = k
+            sub.events.put(event)
+            if sub.remaining == 0:
+                sub.events.put(_DONE)
+
+    @staticmethod
+    def _forget_cancelled(owners: dict[int, tuple[_Submission, int]]) -> None:
+        for key in [key for key, (sub, _) in owners.items() if sub.cancelled.is_set()]:
+            del owners[key]
+
+
+def _fit(
+    waiting: list[_Submission], room: int, running: bool
+) -> tuple[list[_Submission], list[_Submission]]:
+    """The submissions that fit in ``room`` rows, in arrival order, and the rest.
+
+    An idle engine always takes the first one, however large.
+    """
+    taken, size = [], 0
+    for n, sub in enumerate(waiting):
+        if size + len(sub.requests) > room and (taken or running):
+            return taken, waiting[n:]
+        taken.append(sub)
+        size += len(sub.requests)
+    return taken, []
