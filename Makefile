@@ -35,6 +35,7 @@ bench: setup ## benchmarks: each prints loraflow against its baseline and the ra
 	$(BIN)/python benchmarks/validate.py
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/completion.py
+	$(BIN)/python benchmarks/serve.py
 
 clean: ## remove the venv and caches (not ~/.loraflow)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
