@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Cancelled
 
-from loraflow.batch import FLOW_NAME, JOB_ID, TAG, BatchCompleteConfig, JobCancelled, new_job_id
+from loraflow.batch import FLOW_NAME, JOB_IDS, TAG, BatchCompleteConfig, JobCancelled
 from loraflow.orchestration import job_identity
 from tasks.complete import generate_batch
 
@@ -21,7 +21,7 @@ from tasks.complete import generate_batch
 @flow(name=FLOW_NAME, log_prints=True)
 def batch_complete(config: BatchCompleteConfig = BatchCompleteConfig()) -> Any:  # noqa: B008
     """Generate for every prompt; returns the BatchResult with the results' location."""
-    job_id = job_identity(JOB_ID, new_job_id, TAG)
+    job_id = job_identity(JOB_IDS, TAG)
     get_run_logger().info(f"batch job {job_id}: {config.input_data_path} with {config.model}")
     try:
         return generate_batch(config, job_id)

@@ -14,12 +14,11 @@ from prefect.states import Cancelled
 
 from loraflow.fine_tuning import (
     FLOW_NAME,
-    JOB_ID,
+    JOB_IDS,
     TAG,
     FineTuneRequest,
     check_request,
     model_name,
-    new_job_id,
 )
 from loraflow.orchestration import job_identity
 from tasks.fine_tune import prepare_base_model, train_adapter
@@ -32,7 +31,7 @@ def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
     from loraflow.training.loop import TrainingCancelled
 
     logger = get_run_logger()
-    job_id = job_identity(JOB_ID, new_job_id, TAG)
+    job_id = job_identity(JOB_IDS, TAG)
     checked = check_request(config)
     if config.fine_tuned_model is None:
         config = config.model_copy(

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import secrets
-import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +19,11 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow.errors import InvalidRequestError, NotFoundError
+from loraflow.orchestration import JobIds
 from loraflow.settings import get_settings
 from loraflow.storage import get_store
 
-JOB_ID = re.compile(r"^batch-[a-z0-9]{20}$")
+JOB_IDS = JobIds("batch", "batch")
 TAG = "loraflow-batch-completion"
 FLOW_NAME = "batch-complete"
 MAX_INPUTS = 100_000
@@ -60,19 +58,6 @@ class BatchResult(BaseModel):
     output_data_path: str
     inputs: int
     completion_tokens: int
-
-
-def new_job_id() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return "batch-" + "".join(secrets.choice(alphabet) for _ in range(20))
-
-
-def check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
-        raise InvalidRequestError(
-            f"{job_id!r} is not a batch job id; ids look like 'batch-' and 20 letters or digits"
-        )
-    return job_id
 
 
 def read_location(location: str) -> tuple[bytes, str]:

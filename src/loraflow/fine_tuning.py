@@ -7,8 +7,6 @@ the source of truth for its state, and the run's log is its event stream.
 from __future__ import annotations
 
 import re
-import secrets
-import string
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -17,9 +15,10 @@ from pydantic import BaseModel, Field
 from loraflow.errors import InvalidRequestError
 from loraflow.files import FileRecord, FileRepository
 from loraflow.models.zoo import ModelSpec, resolve_model
+from loraflow.orchestration import JobIds
 from loraflow.training.hyperparameters import Hyperparameters, parse_hyperparameters
 
-JOB_ID = re.compile(r"^ft-[a-z0-9]{20}$")
+JOB_IDS = JobIds("ft", "fine-tune")
 SUFFIX = re.compile(r"^[A-Za-z0-9-]{1,28}$")
 TAG = "loraflow-fine-tune"
 FLOW_NAME = "fine-tune"
@@ -61,19 +60,6 @@ class CheckedRequest(BaseModel):
     training: FileRecord
     validation: FileRecord | None
     hyperparameters: Hyperparameters
-
-
-def new_job_id() -> str:
-    alphabet = string.ascii_lowercase + string.digits
-    return "ft-" + "".join(secrets.choice(alphabet) for _ in range(20))
-
-
-def check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
-        raise InvalidRequestError(
-            f"{job_id!r} is not a fine-tune job id; ids look like 'ft-' and 20 letters or digits"
-        )
-    return job_id
 
 
 def model_name(base: str, suffix: str | None, now: datetime | None = None) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+import secrets
+import string
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from loraflow.errors import LoraflowError, NotFoundError
+from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError
 from loraflow.settings import Settings, get_settings
 
 
@@ -28,16 +31,41 @@ def prefect_api(settings: Settings | None = None) -> Iterator[None]:
         yield
 
 
-def job_identity(pattern: re.Pattern[str], new_id: Callable[[], str], tag: str) -> str:
+@dataclass(frozen=True)
+class JobIds:
+    """Ids of one kind of job: ``<prefix>-`` and 20 lowercase letters or digits."""
+
+    prefix: str
+    kind: str  # how messages name the job: "fine-tune", "batch"
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(rf"^{re.escape(self.prefix)}-[a-z0-9]{{20}}$")
+
+    def new(self) -> str:
+        alphabet = string.ascii_lowercase + string.digits
+        return f"{self.prefix}-" + "".join(secrets.choice(alphabet) for _ in range(20))
+
+    def check(self, job_id: str) -> str:
+        """``job_id`` itself; InvalidRequestError when it is not one of these ids."""
+        if not isinstance(job_id, str) or not self.pattern.match(job_id):
+            raise InvalidRequestError(
+                f"{job_id!r} is not a {self.kind} job id; ids look like '{self.prefix}-' "
+                "and 20 letters or digits"
+            )
+        return job_id
+
+
+def job_identity(ids: JobIds, tag: str) -> str:
     """The job id of the running flow run: its name when a job API started it, else a new
     id that the run takes as its name (with ``tag``), so the job API finds it too."""
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
     name = str(flow_run.name or "")
-    if pattern.match(name):
+    if ids.pattern.match(name):
         return name
-    job_id = new_id()
+    job_id = ids.new()
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run.id)
         client.update_flow_run(flow_run.id, name=job_id, tags=sorted({*run.tags, tag}))

@@ -270,7 +270,7 @@ class Completion:
             )
         except ValidationError as exc:
             raise InvalidRequestError(completion.first_error(exc)) from None
-        job_id = batch.new_job_id()
+        job_id = batch.JOB_IDS.new()
         deployment = f"{batch.FLOW_NAME}/{DEPLOYMENT_NAME}"
         start_job(deployment, {"config": config.model_dump()}, job_id, batch.TAG)
         return CreateBatchCompletionsResponse(job_id=job_id)
@@ -282,7 +282,7 @@ class Completion:
         from loraflow.orchestration import find_job_run, prefect_client
 
         with prefect_client() as client:
-            run = find_job_run(client, batch.check_job_id(job_id), batch.TAG, "batch completion")
+            run = find_job_run(client, batch.JOB_IDS.check(job_id), batch.TAG, "batch completion")
         state = run.state.type.value if run.state else "PENDING"
         result = batch.read_result(job_id) if state == "COMPLETED" else None
         config = batch.BatchCompleteConfig(**(run.parameters.get("config") or {}))
@@ -309,7 +309,7 @@ class Completion:
         from loraflow.orchestration import cancel_job_run, find_job_run, prefect_client
 
         with prefect_client() as client:
-            run = find_job_run(client, batch.check_job_id(job_id), batch.TAG, "batch completion")
+            run = find_job_run(client, batch.JOB_IDS.check(job_id), batch.TAG, "batch completion")
             return CancelBatchCompletionResponse(success=cancel_job_run(client, run))
 
 

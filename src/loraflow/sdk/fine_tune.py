@@ -13,14 +13,13 @@ from typing import Any
 from loraflow.errors import LoraflowError
 from loraflow.fine_tuning import (
     DEPLOYMENT,
+    JOB_IDS,
     STATUS,
     TAG,
     TERMINAL,
     FineTuneRequest,
-    check_job_id,
     check_request,
     model_name,
-    new_job_id,
 )
 from loraflow.orchestration import cancel_job_run, find_job_run, prefect_client, start_job
 from loraflow.sdk.types import (
@@ -44,7 +43,7 @@ def _client() -> Any:
 
 
 def _run(client: Any, job_id: str) -> Any:
-    return find_job_run(client, check_job_id(job_id), TAG, "fine-tune")
+    return find_job_run(client, JOB_IDS.check(job_id), TAG, "fine-tune")
 
 
 def _response(run: Any) -> GetFineTuneResponse:
@@ -92,7 +91,7 @@ class FineTune:
         )
         checked = check_request(request)
         request.fine_tuned_model = model_name(checked.spec.name, suffix)
-        job_id = new_job_id()
+        job_id = JOB_IDS.new()
         start_job(DEPLOYMENT, {"config": request.model_dump()}, job_id, TAG)
         return CreateFineTuneResponse(id=job_id)
 
