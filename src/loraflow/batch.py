@@ -151,15 +151,7 @@ def run(
     """
     from loraflow import completion
 
-    p = completion.params(
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        stop_sequences=config.stop_sequences,
-        return_token_log_probs=config.return_token_log_probs,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        seed=config.seed,
-    )
+    p = completion.params(**config.model_dump(include=set(completion.Params.model_fields)))
     inputs = parse_inputs(*read_location(config.input_data_path))
     completion.Call(config.model, [_pair(x) for x in inputs[:1]], p)  # the model answers at all
     lines, tokens = [], 0

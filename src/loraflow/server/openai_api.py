@@ -159,9 +159,13 @@ async def chat_completions(body: ChatBody) -> Any:
     return head | {"choices": choices, "usage": _usage_of(call, outputs)}
 
 
+def _prompt_tokens(call: completion.Call) -> int:
+    """Tokens of the distinct prompts (each counted once, however many generations)."""
+    return sum(len(r.prompt_ids) for r in call.requests[:: call.num_generations])
+
+
 def _usage_of(call: completion.Call, outputs: list[Any]) -> dict[str, int]:
-    prompt = sum(len(r.prompt_ids) for r in call.requests[:: call.num_generations])
-    return _usage(prompt, sum(o.num_completion_tokens for o in outputs))
+    return _usage(_prompt_tokens(call), sum(o.num_completion_tokens for o in outputs))
 
 
 def _offsets(tokens: list[str]) -> list[int]:
@@ -213,8 +217,8 @@ def _stream(call: completion.Call, head: dict[str, Any], choice: Any, usage: boo
         except LoraflowError as exc:
             yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'error'}})}\n\n"
         if usage:
-            prompt = sum(len(r.prompt_ids) for r in call.requests[:: call.num_generations])
-            yield f"data: {json.dumps(head | {'choices': [], 'usage': _usage(prompt, tokens)})}\n\n"
+            totals = _usage(_prompt_tokens(call), tokens)
+            yield f"data: {json.dumps(head | {'choices': [], 'usage': totals})}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
