@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -81,16 +82,17 @@ def stream_one(base: str, model: str, prompt: str, tokens: int) -> tuple[int, fl
     return count, first or 0.0, time.perf_counter() - start
 
 
-def load(base: str, model: str, texts: list[str], clients: int, rounds: int, tokens: int) -> dict:
-    """``clients`` threads, each streaming ``rounds`` completions one after another."""
-    results: list[tuple[int, float, float]] = []
+def drive(clients: int, rounds: int, texts: list[str], one: Any) -> tuple[list[Any], float]:
+    """``clients`` threads, started together, each calling ``one(text)`` ``rounds`` times in
+    turn; returns every result and the wall time."""
+    results: list[Any] = []
     lock = threading.Lock()
     barrier = threading.Barrier(clients)
 
     def client(k: int) -> None:
         barrier.wait()
         for r in range(rounds):
-            out = stream_one(base, model, texts[(k + r * clients) % len(texts)], tokens)
+            out = one(texts[(k + r * clients) % len(texts)])
             with lock:
                 results.append(out)
 
@@ -100,7 +102,14 @@ def load(base: str, model: str, texts: list[str], clients: int, rounds: int, tok
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - start
+    return results, time.perf_counter() - start
+
+
+def load(base: str, model: str, texts: list[str], clients: int, rounds: int, tokens: int) -> dict:
+    """Streamed completions over HTTP under ``clients`` concurrent clients."""
+    results, seconds = drive(
+        clients, rounds, texts, lambda text: stream_one(base, model, text, tokens)
+    )
     ttft = sorted(r[1] for r in results)
     return {"tokens": sum(r[0] for r in results), "seconds": seconds, "ttft": ttft}
 
@@ -112,24 +121,12 @@ def raw_engine(model: str, texts: list[str], clients: int, rounds: int, tokens: 
     engine = get_engine(model)
     sampling = Sampling(max_new_tokens=tokens, temperature=0)
     list(engine.submit([Request(engine.encode("warm up"), None, sampling)]))
-    counts: list[int] = []
-    barrier = threading.Barrier(clients)
 
-    def client(k: int) -> None:
-        barrier.wait()
-        for r in range(rounds):
-            text = texts[(k + r * clients) % len(texts)]
-            counts.append(
-                sum(1 for _ in engine.submit([Request(engine.encode(text), None, sampling)]))
-            )
+    def one(text: str) -> int:
+        return sum(1 for _ in engine.submit([Request(engine.encode(text), None, sampling)]))
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"tokens": sum(counts), "seconds": time.perf_counter() - start}
+    counts, seconds = drive(clients, rounds, texts, one)
+    return {"tokens": sum(counts), "seconds": seconds}
 
 
 def pct(values: list[float], q: int) -> float:
