@@ -153,7 +153,6 @@ def run(
 
     p = completion.params(**config.model_dump(include=set(completion.Params.model_fields)))
     inputs = parse_inputs(*read_location(config.input_data_path))
-    completion.Call(config.model, [_pair(x) for x in inputs[:1]], p)  # the model answers at all
     lines, tokens = [], 0
     for start in range(0, len(inputs), config.batch_size):
         if should_stop is not None and should_stop():
@@ -186,10 +185,6 @@ def read_result(job_id: str) -> BatchResult | None:
 
 class JobCancelled(Exception):
     """A batch job stopped because it was cancelled."""
-
-
-def _pair(item: str | list[dict[str, str]]) -> tuple[str | None, Any]:
-    return (item, None) if isinstance(item, str) else (None, item)
 
 
 def default_output(job_id: str) -> str:
