@@ -8,26 +8,17 @@ moves only on promotion. ``promote(PromoteConfig(model="…", validation_file="f
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from loraflow.evaluation import Metric
-from loraflow.promotion import Decision, Rule
+from loraflow.promotion import Decision, Gate
 from tasks.promote import record_decision, score_model
 
 
-class PromoteConfig(BaseModel):
+class PromoteConfig(Gate):
     """What to evaluate, against which data, and when it wins."""
 
-    model_config = ConfigDict(extra="forbid")
     model: str = Field("", description="Candidate: fine-tuned model name or family/version.")
     validation_file: str = Field("", description="File id of prompt/response rows to score on.")
-    alias: str = Field("champion", description="The registry alias to move on promotion.")
-    metric: Metric = Field(
-        "eval_loss", description="eval_loss (lower wins), exact_match or rouge_l."
-    )
-    min_improvement: float = Field(0.0, ge=0, description="Margin the candidate must win by.")
-    max_examples: int = Field(200, ge=1, description="Score at most this many rows.")
-    max_new_tokens: int = Field(64, ge=1, description="Length of the greedy answers scored.")
 
 
 @flow(name="promote", log_prints=True)
@@ -37,7 +28,6 @@ def promote(config: PromoteConfig = PromoteConfig()) -> Decision:  # noqa: B008
     from loraflow.errors import InvalidRequestError
     from loraflow.promotion import decide
 
-    rule = Rule(metric=config.metric, min_improvement=config.min_improvement)
     candidate = registry.resolve(config.model)
     record = registry.read_record(candidate)
     if "registered_model" not in record:
@@ -55,10 +45,10 @@ def promote(config: PromoteConfig = PromoteConfig()) -> Decision:  # noqa: B008
             alias=config.alias,
             promoted=False,
             reason=reason,
-            metric=rule.metric,
+            metric=config.metric,
             improvement=0.0,
             candidate_scores=candidate_scores,
             champion_scores=candidate_scores,
         )
     champion_scores = score_model(champion, *args) if champion else None
-    return record_decision(decide(candidate_scores, champion_scores, rule, config.alias))
+    return record_decision(decide(candidate_scores, champion_scores, config, config.alias))

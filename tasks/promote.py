@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from loraflow.evaluation import Scores
@@ -35,10 +35,16 @@ def record_decision(decision: Decision) -> Any:
     from loraflow import promotion
 
     promotion.apply(decision)
+    key = artifact_key("promotion", decision.candidate.rsplit(".", 1)[0])
     create_markdown_artifact(
         markdown=decision.to_markdown(),
-        key=artifact_key("promotion", decision.candidate.rsplit(".", 1)[0]),
+        key=key,
         description=f"Promotion of {decision.candidate} to {decision.alias}",
+    )
+    create_table_artifact(
+        table=decision.comparison(),
+        key=f"{key}-evaluation",
+        description=f"Candidate and {decision.alias} scored on the same validation rows",
     )
     get_run_logger().info(decision.reason)
     return decision

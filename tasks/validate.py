@@ -26,6 +26,16 @@ def publish_report(report: ValidationReport) -> None:
     create_markdown_artifact(
         markdown=report.to_markdown(limit=20), key=key, description="Dataset validation summary"
     )
+    summary = report.summary()
+    head = summary.model_dump(include={"source", "format", "rows", "valid"})
+    create_table_artifact(
+        table=[
+            {**head, "check": c, "problems": n}
+            for c, n in (summary.counts or {"(none)": 0}).items()
+        ],
+        key=f"{key}-summary",
+        description=f"Problems of {report.source} by check",
+    )
     if report.issues:
         create_table_artifact(
             table=report.issues[:ARTIFACT_ROWS],

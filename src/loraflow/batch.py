@@ -12,15 +12,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraflow import locations
 from loraflow.errors import InvalidRequestError, NotFoundError
 from loraflow.orchestration import JobIds
-from loraflow.settings import get_settings
 from loraflow.storage import get_store
 
 JOB_IDS = JobIds("batch", "batch")
@@ -58,28 +56,6 @@ class BatchResult(BaseModel):
     output_data_path: str
     inputs: int
     completion_tokens: int
-
-
-def read_location(location: str) -> tuple[bytes, str]:
-    """The bytes and file name at a file id, an ``s3://`` URL or a local path."""
-    from loraflow.files import FileRepository
-
-    if not location:
-        raise InvalidRequestError("input_data_path: name a file id, an s3:// URL or a path")
-    if location.startswith("file-"):
-        files = FileRepository.from_settings()
-        return files.read_bytes(location), files.get(location).filename
-    if location.startswith("s3://"):
-        bucket, key = _bucket_key(location)
-        try:
-            body = _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as exc:  # botocore's errors carry the reason
-            raise NotFoundError(f"input_data_path: cannot read {location}: {exc}") from None
-        return body, key.rsplit("/", 1)[-1]
-    path = Path(location).expanduser()
-    if not path.is_file():
-        raise NotFoundError(f"input_data_path: no file at {location}")
-    return path.read_bytes(), path.name
 
 
 def parse_inputs(data: bytes, name: str) -> list[str | list[dict[str, str]]]:
@@ -152,7 +128,7 @@ def run(
     from loraflow import completion
 
     p = completion.params(**config.model_dump(include=set(completion.Params.model_fields)))
-    inputs = parse_inputs(*read_location(config.input_data_path))
+    inputs = parse_inputs(*locations.read(config.input_data_path, "input_data_path"))
     lines, tokens = [], 0
     for start in range(0, len(inputs), config.batch_size):
         if should_stop is not None and should_stop():
@@ -205,26 +181,4 @@ def write_results(location: str | None, job_id: str, data: bytes) -> str:
     if location is None:
         get_store().put(_results_key(job_id), data)
         return default_output(job_id)
-    if location.startswith("s3://"):
-        bucket, key = _bucket_key(location)
-        _s3().put_object(Bucket=bucket, Key=key, Body=data)
-        return location
-    path = Path(location).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(path)
-    return str(path)
-
-
-def _bucket_key(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    if not parts.netloc or not parts.path.strip("/"):
-        raise InvalidRequestError(f"{url}: an S3 location is s3://bucket/key")
-    return parts.netloc, parts.path.lstrip("/")
-
-
-def _s3() -> Any:
-    from loraflow.storage.s3 import make_client
-
-    return make_client(get_settings())
+    return locations.write(location, data)

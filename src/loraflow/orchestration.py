@@ -13,6 +13,9 @@ from typing import Any
 from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError
 from loraflow.settings import Settings, get_settings
 
+# The global concurrency limit every training holds one slot of: one device, one fine-tune.
+DEVICE_LIMIT = "loraflow-device"
+
 
 @contextmanager
 def prefect_api(settings: Settings | None = None) -> Iterator[None]:

@@ -24,6 +24,14 @@ class Rule(BaseModel):
     )
 
 
+class Gate(Rule):
+    """What a candidate must show, on how much data, to take the alias from the champion."""
+
+    alias: str = Field("champion", description="The registry alias to move on promotion.")
+    max_examples: int = Field(200, ge=1, description="Score at most this many rows.")
+    max_new_tokens: int = Field(64, ge=1, description="Length of the greedy answers scored.")
+
+
 class Decision(BaseModel):
     candidate: str
     champion: str | None
@@ -35,6 +43,14 @@ class Decision(BaseModel):
     candidate_scores: Scores
     champion_scores: Scores | None
 
+    def comparison(self) -> list[dict[str, object]]:
+        """One row per scored model: role and scores (the evaluation table)."""
+        rows: list[dict[str, object]] = []
+        for role, s in (("candidate", self.candidate_scores), ("champion", self.champion_scores)):
+            if s is not None:
+                rows.append({"model": s.model, "role": role, **s.model_dump(exclude={"model"})})
+        return rows
+
     def to_markdown(self) -> str:
         verdict = "**promoted**" if self.promoted else "**kept the champion**"
         lines = [
@@ -45,12 +61,11 @@ class Decision(BaseModel):
             "| model | role | examples | eval loss | exact match | ROUGE-L |",
             "|---|---|---|---|---|---|",
         ]
-        for role, s in (("candidate", self.candidate_scores), ("champion", self.champion_scores)):
-            if s is not None:
-                lines.append(
-                    f"| `{s.model}` | {role} | {s.examples} | {s.eval_loss:.4f} "
-                    f"| {s.exact_match:.3f} | {s.rouge_l:.3f} |"
-                )
+        for r in self.comparison():
+            lines.append(
+                f"| `{r['model']}` | {r['role']} | {r['examples']} | {r['eval_loss']:.4f} "
+                f"| {r['exact_match']:.3f} | {r['rouge_l']:.3f} |"
+            )
         return "\n".join(lines)
 
 

@@ -169,6 +169,13 @@ def set_alias(record: dict[str, Any], alias: str) -> None:
     _client().set_registered_model_alias(record["registered_model"], alias, str(record["version"]))
 
 
+def version_tags(record: dict[str, Any]) -> dict[str, str]:
+    """The tags of a registered fine-tune's version (lineage, evaluation, promotion)."""
+    return dict(
+        _client().get_model_version(record["registered_model"], str(record["version"])).tags
+    )
+
+
 def tag_version(record: dict[str, Any], tags: dict[str, str]) -> None:
     client = _client()
     for key, value in tags.items():

@@ -89,8 +89,11 @@ class MlflowReporter:
         return False
 
 
+LOSS_PNG = "loss_curve.png"
+
+
 def log_loss_curve(history: list[dict[str, float]]) -> None:
-    """Log the training and validation loss against step as ``loss_curve.png``."""
+    """Log the training and validation loss against step as ``LOSS_PNG``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +113,7 @@ def log_loss_curve(history: list[dict[str, float]]) -> None:
     ax.set_ylabel("loss (response tokens)")
     ax.legend()
     ax.grid(alpha=0.3)
-    mlflow.log_figure(fig, "loss_curve.png")
+    mlflow.log_figure(fig, LOSS_PNG)
     plt.close(fig)
 
 

@@ -1,0 +1,123 @@
+"""Flow: the end-to-end retrain pipeline that schedules and CI call.
+
+dataset → (skip if the champion learned from these bytes) → ingest → fine-tune → score beside
+the champion → promote if better. Each stage is a subflow, so the ingest, the fine-tune job
+and the promotion decision show in the Prefect UI on their own as well. The run ends in a
+COMPLETED state named by its outcome: Promoted, Unchanged or Rejected (see
+``loraflow.retraining``).
+
+From Python, with the embedded defaults (no server needed)::
+
+    from flows.retrain import retrain
+    from loraflow.retraining import RetrainConfig
+
+    result = retrain(RetrainConfig(dataset="data/support.csv", suffix="support"))
+    print(result.outcome, result.reason)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed
+
+from flows.fine_tune import fine_tune
+from flows.ingest import IngestConfig, ingest
+from flows.promote import PromoteConfig, promote
+from loraflow.fine_tuning import FineTuneRequest
+from loraflow.orchestration import prefect_api
+from loraflow.retraining import (
+    FLOW_NAME,
+    RetrainConfig,
+    RetrainResult,
+    family_of,
+    unchanged_reason,
+)
+from tasks.retrain import fetch_dataset, find_champion, publish_summary, tag_dataset, work_dir
+
+
+@flow(name=FLOW_NAME, log_prints=True)
+def retrain(config: RetrainConfig = RetrainConfig()) -> Any:  # noqa: B008
+    """Retrain on ``config.dataset`` unless nothing changed; returns the RetrainResult."""
+    logger = get_run_logger()
+    family = family_of(config.model, config.suffix)
+    scratch = work_dir(str(flow_run.id or "local"))
+    try:
+        dataset = fetch_dataset(config.dataset, scratch)
+        champion = find_champion(family, config.gate.alias)
+        base = {"family": family, "dataset": dataset.location, "dataset_sha256": dataset.sha256}
+        reason = unchanged_reason(
+            dataset.sha256,
+            champion.model if champion else None,
+            champion.dataset_sha256 if champion else None,
+            config.gate.alias,
+        )
+        if reason and not config.force:
+            return _finish(
+                RetrainResult(outcome="unchanged", reason=reason, champion=champion.model, **base)
+            )
+        if reason:
+            logger.info(f"forced: retraining although {reason.removeprefix('unchanged: ')}")
+        stored = ingest(
+            IngestConfig(
+                source=dataset.path,
+                validation_fraction=config.validation_fraction,
+                seed=config.seed,
+            )
+        )
+        tuned = fine_tune(
+            FineTuneRequest(
+                model=config.model,
+                training_file=stored.training_file,
+                validation_file=stored.validation_file,
+                hyperparameters=config.hyperparameters,
+                suffix=config.suffix,
+            )
+        )
+        tag_dataset(tuned.fine_tuned_model, dataset)
+        decision = promote(
+            PromoteConfig(
+                model=tuned.fine_tuned_model,
+                validation_file=str(stored.validation_file),
+                **config.gate.model_dump(),
+            )
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return _finish(
+        RetrainResult(
+            outcome="promoted" if decision.promoted else "rejected",
+            reason=decision.reason,
+            candidate=tuned.fine_tuned_model,
+            champion=tuned.fine_tuned_model if decision.promoted else decision.champion,
+            decision=decision,
+            **base,
+        )
+    )
+
+
+def _finish(result: RetrainResult) -> Any:
+    """Publish the outcome and end the run in a COMPLETED state named after it."""
+    get_run_logger().info(f"{result.outcome}: {result.reason}")
+    publish_summary(result.family, result.to_markdown(), f"Retrain outcome: {result.outcome}")
+    return Completed(name=result.outcome.title(), message=result.reason[:1000], data=result)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m flows.retrain [config.yaml]``: run in this process, print the result."""
+    import yaml
+
+    config = RetrainConfig()
+    if len(argv) > 1:
+        config = RetrainConfig.model_validate(yaml.safe_load(Path(argv[1]).read_text()) or {})
+    with prefect_api():
+        print(retrain(config).model_dump_json(indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

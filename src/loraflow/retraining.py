@@ -1,0 +1,114 @@
+"""Retraining: the config, outcomes and rules of the end-to-end pipeline (``flows/retrain.py``).
+
+A retrain run takes a dataset, and unless the champion was trained on exactly those bytes,
+ingests it, fine-tunes, scores the candidate beside the champion and promotes it if the gate
+says so. Its outcome is one of three words, which is also the name of the run's final state
+(so the Prefect UI and ``loraflow retrain --wait`` read it without fetching results):
+
+- ``promoted``: a new model took the alias;
+- ``unchanged``: nothing to do, the champion already learned from this dataset;
+- ``rejected``: a candidate was trained but did not beat the champion.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraflow.promotion import Decision, Gate
+
+FLOW_NAME = "retrain"
+Outcome = Literal["promoted", "unchanged", "rejected"]
+# exit codes of `loraflow retrain --wait`: 0 when the model is as good as it gets
+EXIT_CODES: dict[str, int] = {"promoted": 0, "unchanged": 0, "rejected": 3}
+EXIT_RUN_FAILED = 1
+
+
+class RetrainConfig(BaseModel):
+    """One retrain: the data, the fine-tune to run on it, and the gate it must pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(
+        "builtin:customer_support.csv",
+        description="Training data: a file-… id, a path, s3://bucket/key, builtin:<name>, or a "
+        "prefix ending in / (s3://bucket/incoming/, a directory) to take its newest .csv/.jsonl.",
+    )
+    model: str = Field("smollm2-135m-instruct", description="Base model to fine-tune.")
+    suffix: str = Field(
+        "retrain", description="Model family: <model>.<suffix>; each run adds a version."
+    )
+    hyperparameters: dict[str, Any] = Field(
+        {}, description='LLM Engine hyperparameters, e.g. {"epochs": 2, "lr": 0.0002}.'
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of rows held out to score candidate and champion."
+    )
+    seed: int = Field(42, description="Seed of the train/validation split.")
+    gate: Gate = Field(Gate(), description="When the candidate takes the alias.")
+    force: bool = Field(
+        False, description="Retrain even when the champion was trained on this same dataset."
+    )
+
+
+class RetrainResult(BaseModel):
+    """What a retrain run did, and why."""
+
+    outcome: Outcome
+    reason: str
+    family: str
+    dataset: str
+    dataset_sha256: str
+    candidate: str | None = None
+    champion: str | None = None  # the alias's model after the run
+    decision: Decision | None = None
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Retrain of `{self.family}`: **{self.outcome}**",
+            "",
+            self.reason,
+            "",
+            "| | |",
+            "|---|---|",
+            f"| dataset | `{self.dataset}` |",
+            f"| sha256 | `{self.dataset_sha256}` |",
+            f"| candidate | {_code(self.candidate)} |",
+            f"| champion | {_code(self.champion)} |",
+        ]
+        if self.decision is not None:
+            lines += ["", self.decision.to_markdown().replace("# ", "## ", 1)]
+        return "\n".join(lines)
+
+
+def family_of(model: str, suffix: str) -> str:
+    """The registered model a retrain of ``model`` with ``suffix`` adds versions to."""
+    from loraflow import registry
+    from loraflow.fine_tuning import model_name
+    from loraflow.models import resolve_model
+
+    return registry.family(model_name(resolve_model(model).name, suffix))
+
+
+def unchanged_reason(
+    dataset_sha256: str, champion: str | None, champion_sha256: str | None, alias: str
+) -> str | None:
+    """Why there is nothing to do (the champion learned from these very bytes), or None."""
+    if champion is None or champion_sha256 != dataset_sha256:
+        return None
+    return (
+        f"unchanged: {champion} ({alias}) was trained on this dataset (sha256 "
+        f"{dataset_sha256[:12]}); nothing to do. Set force to retrain anyway."
+    )
+
+
+def exit_code(state_name: str | None, state_type: str) -> int:
+    """The exit code for a finished retrain run: by outcome when it completed, else 1."""
+    if state_type != "COMPLETED":
+        return EXIT_RUN_FAILED
+    return EXIT_CODES.get((state_name or "").lower(), EXIT_RUN_FAILED)
+
+
+def _code(value: str | None) -> str:
+    return f"`{value}`" if value else "(none)"
