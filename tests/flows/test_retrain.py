@@ -78,7 +78,9 @@ def test_retrain_promotes_then_skips_unchanged_data_then_gates(tmp_path: Path) -
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[third.state_details.flow_run_id])
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[third.state_details.flow_run_id]
+                )
             )
         )
     names = sorted(r.name for r in children)
