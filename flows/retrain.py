@@ -62,7 +62,7 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> Any:  # noqa: B008
                 RetrainResult(outcome="unchanged", reason=reason, champion=champion.model, **base)
             )
         if reason:
-            logger.info(f"forced: retraining although {reason.removeprefix('unchanged: ')}")
+            logger.info(f"forced to retrain: {reason}")
         stored = ingest(
             IngestConfig(
                 source=dataset.path,

@@ -21,10 +21,12 @@ DEVICE_LIMIT = "loraflow-device"
 def prefect_api(settings: Settings | None = None) -> Iterator[None]:
     """Within this block Prefect talks to ``settings.prefect_api_url`` when it is set.
 
-    Unset, Prefect's own configuration applies (PREFECT_API_URL, profiles, or an ephemeral
-    API). Entry points (the CLI, ``python -m flows.…``) wrap their work in it.
+    Unset, Prefect's own configuration applies (PREFECT_API_URL, profiles); failing that, the
+    server of this home's stack when ``loraflow up`` runs it; else Prefect's ephemeral API.
+    Entry points (the CLI, ``python -m flows.…``) wrap their work in it.
     """
-    url = (settings or get_settings()).prefect_api_url
+    settings = settings or get_settings()
+    url = settings.prefect_api_url or _stack_api_url(settings)
     if not url:
         yield
         return
@@ -32,6 +34,16 @@ def prefect_api(settings: Settings | None = None) -> Iterator[None]:
 
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield
+
+
+def _stack_api_url(settings: Settings) -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    from loraflow.stack import Stack
+
+    return Stack(settings).running_api_url()
 
 
 @dataclass(frozen=True)

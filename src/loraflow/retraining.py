@@ -98,7 +98,7 @@ def unchanged_reason(
     if champion is None or champion_sha256 != dataset_sha256:
         return None
     return (
-        f"unchanged: {champion} ({alias}) was trained on this dataset (sha256 "
+        f"{champion} ({alias}) was trained on this dataset (sha256 "
         f"{dataset_sha256[:12]}); nothing to do. Set force to retrain anyway."
     )
 
@@ -108,6 +108,97 @@ def exit_code(state_name: str | None, state_type: str) -> int:
     if state_type != "COMPLETED":
         return EXIT_RUN_FAILED
     return EXIT_CODES.get((state_name or "").lower(), EXIT_RUN_FAILED)
+
+
+def start(overrides: dict[str, Any]) -> Any:
+    """Start a run of the retrain deployment: its parameters with ``overrides``; the run.
+
+    The overrides are checked here first, so a bad value fails before any run exists.
+    """
+    from prefect.exceptions import ObjectNotFound
+
+    from loraflow.errors import LoraflowError
+    from loraflow.fine_tuning import DEPLOYMENT_NAME
+    from loraflow.orchestration import prefect_client
+
+    name = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"
+    with prefect_client() as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise LoraflowError(
+                f"no {name} deployment on the Prefect API at {client.api_url}: `loraflow "
+                "deploy` registers it (`make up` does both), or run here with --local"
+            ) from None
+        config = check_config(merge((deployment.parameters or {}).get("config", {}), overrides))
+        return client.create_flow_run_from_deployment(
+            deployment.id, parameters={"config": config.model_dump(mode="json")}
+        )
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def overrides_from(assignments: list[str]) -> dict[str, Any]:
+    """``["gate.min_improvement=0.05", "force=true"]`` as nested overrides (values are YAML)."""
+    import yaml
+
+    from loraflow.errors import InvalidRequestError
+
+    out: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequestError(f"--set {item!r}: write KEY=VALUE, e.g. gate.alias=prod")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def check_config(raw: dict[str, Any]) -> RetrainConfig:
+    """``raw`` as a RetrainConfig; InvalidRequestError naming the field otherwise."""
+    from pydantic import ValidationError
+
+    from loraflow.errors import InvalidRequestError
+
+    try:
+        return RetrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequestError(f"retrain config: {problems}") from None
+
+
+def wait(flow_run_id: Any, timeout: float | None = None) -> Any:
+    """Poll a run (backing off from 1 s to 10 s) until it ends; the final flow run.
+
+    Raises TimeoutError when ``timeout`` seconds pass first.
+    """
+    import time
+
+    from loraflow.orchestration import prefect_client
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 1.0
+    with prefect_client() as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise TimeoutError(f"run {run.name} still {run.state_name} after {timeout} s")
+            time.sleep(delay)
+            delay = min(10.0, delay * 1.5)
 
 
 def _code(value: str | None) -> str:

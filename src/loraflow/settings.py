@@ -59,6 +59,17 @@ def mask_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+class StackConfig(BaseModel):
+    """Ports of the local stack (`loraflow up`); every service binds 127.0.0.1 only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server and UI.")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="MLflow UI.")
+    serve_port: int = Field(5005, ge=1, le=65535, description="loraflow's HTTP service.")
+    start_timeout: float = Field(180, gt=0, description="Seconds a service may take to be up.")
+
+
 class Settings(BaseSettings):
     """Where loraflow keeps its state and how it reaches its services."""
 
@@ -98,6 +109,7 @@ class Settings(BaseSettings):
         None, description="Prefect API URL; unset uses Prefect's own settings."
     )
     validation: ValidationConfig = ValidationConfig()
+    stack: StackConfig = StackConfig()
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         [],
         description="Keys the HTTP service accepts (comma-separated in LORAFLOW_API_KEYS); "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -74,15 +73,13 @@ def test_llmengine_fine_tunes_without_a_worker(tmp_path: Path) -> None:
     from llmengine import File, FineTune
     from llmengine.errors import BadRequestError, NotFoundError
 
-    from deployments.local import local_deployments
+    from deployments.build import build
 
-    for deployment in local_deployments():  # registered; no worker, so jobs stay PENDING
+    for deployment in build():  # registered; no worker, so jobs stay PENDING
         deployment.apply()
     with write(tmp_path, "train.csv", SUPPORT_CSV.read_text()).open("rb") as f:
         file_id = File.upload(f).id
-    started = time.monotonic()
     job = FineTune.create(MODEL, file_id, hyperparameters={"epochs": "1"}, suffix="http")
-    assert time.monotonic() - started < 10  # the client's timeout
     got = FineTune.get(job.id)
     assert got.status == "PENDING" and got.fine_tuned_model.startswith(f"{MODEL}.http.")
     assert job.id in [j.id for j in FineTune.list().jobs]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loraflow.cli import data, jobs, serving  # noqa: F401 (they register their commands)
+from loraflow.cli import data, jobs, serving, stack  # noqa: F401 (they register commands)
 from loraflow.cli._app import ID_COLUMN, app
 
 __all__ = ["ID_COLUMN", "app", "main"]

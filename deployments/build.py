@@ -1,0 +1,224 @@
+"""loraflow's Prefect deployments, built from ``configs/deployments.yaml``.
+
+That file names the work pool, the device concurrency limit's slots, and per flow its schedules
+and the YAML file holding its parameters; every value lives there or in the flows' config
+models, never here. ``apply()`` (``make deploy``, ``loraflow deploy``) registers them with a
+process work pool that ``loraflow up``'s worker serves; ``loraflow worker`` serves the same
+deployments from its own process instead.
+
+Each flow is deployed as ``<flow>/loraflow``: the names the SDK's job APIs start runs of.
+"""
+
+from __future__ import annotations
+
+import importlib
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from loraflow.errors import ConfigError
+from loraflow.fine_tuning import DEPLOYMENT_NAME
+from loraflow.orchestration import DEVICE_LIMIT
+
+# flow name -> entrypoint, a module path: workers import the installed package from any cwd
+FLOWS = {
+    "ingest": "flows.ingest.ingest",
+    "fine-tune": "flows.fine_tune.fine_tune",
+    "promote": "flows.promote.promote",
+    "batch-complete": "flows.batch_complete.batch_complete",
+    "retrain": "flows.retrain.retrain",
+}
+CONFIG_NAME = "deployments.yaml"
+
+
+class ScheduleConfig(BaseModel):
+    """When a deployment runs by itself: a cron expression or an interval."""
+
+    model_config = ConfigDict(extra="forbid")
+    cron: str | None = Field(None, description="Cron expression, e.g. '0 2 * * *'.")
+    interval_seconds: float | None = Field(None, gt=0, description="Or: every this many s.")
+    timezone: str = Field("UTC", description="IANA timezone of the cron expression.")
+    active: bool = Field(True, description="Paused schedules keep their definition.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ScheduleConfig:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of cron and interval_seconds")
+        return self
+
+    def to_prefect(self) -> Any:
+        from prefect.schedules import Cron, Interval
+
+        if self.cron is not None:
+            return Cron(self.cron, timezone=self.timezone, active=self.active)
+        return Interval(self.interval_seconds, timezone=self.timezone, active=self.active)
+
+
+class DeploymentConfig(BaseModel):
+    """One flow's deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+    parameters: str | None = Field(
+        None, description="YAML file (beside this one) with the flow's config; unset: defaults."
+    )
+    schedules: list[ScheduleConfig] = Field([], description="When it runs by itself.")
+    concurrency_limit: int | None = Field(
+        None, ge=1, description="Runs of this deployment at once; more wait their turn."
+    )
+
+
+class DeploymentsConfig(BaseModel):
+    """configs/deployments.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    work_pool: str = Field("loraflow", description="The process work pool runs go to.")
+    device_slots: int = Field(1, ge=1, description="Fine-tunes that may train at once.")
+    deployments: dict[str, DeploymentConfig] = Field(
+        {}, description="Per flow name; every flow loraflow has must be listed."
+    )
+
+    @model_validator(mode="after")
+    def _every_flow(self) -> DeploymentsConfig:
+        unknown, missing = set(self.deployments) - set(FLOWS), set(FLOWS) - set(self.deployments)
+        if unknown or missing:
+            raise ValueError(
+                f"deployments: unknown {sorted(unknown)}, missing {sorted(missing)}; "
+                f"the flows are {sorted(FLOWS)}"
+            )
+        return self
+
+
+def default_path() -> Path:
+    """configs/deployments.yaml of the working directory, else of the loraflow checkout."""
+    here = Path("configs") / CONFIG_NAME
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / "configs" / CONFIG_NAME
+
+
+def load(path: Path | None = None) -> DeploymentsConfig:
+    """Read and check the deployments file; ConfigError names the file and the field."""
+    path = path or default_path()
+    try:
+        return DeploymentsConfig.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_problems(exc)}") from None
+
+
+def flow_of(name: str) -> Any:
+    module, _, attr = FLOWS[name].rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def config_model(flow: Any) -> type[BaseModel]:
+    """The pydantic model of a flow's one parameter, ``config``."""
+    return typing.get_type_hints(flow.fn)["config"]
+
+
+def parameters(name: str, spec: DeploymentConfig, folder: Path) -> dict[str, Any]:
+    """The deployment's parameters: its YAML file checked against the flow's config model."""
+    model = config_model(flow_of(name))
+    if spec.parameters is None:
+        return {"config": model().model_dump(mode="json")}
+    path = folder / spec.parameters
+    try:
+        return {"config": model.model_validate(read_yaml(path)).model_dump(mode="json")}
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_problems(exc)}") from None
+
+
+def build(config: DeploymentsConfig | None = None, path: Path | None = None) -> list[Any]:
+    """Prefect RunnerDeployments of every flow, as the config describes them."""
+    from prefect.deployments.runner import EntrypointType
+
+    path = path or default_path()
+    config = config or load(path)
+    return [
+        flow_of(name).to_deployment(
+            name=DEPLOYMENT_NAME,
+            parameters=parameters(name, spec, path.parent),
+            schedules=[s.to_prefect() for s in spec.schedules],
+            concurrency_limit=spec.concurrency_limit,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+        for name, spec in config.deployments.items()
+    ]
+
+
+def apply(path: Path | None = None) -> list[str]:
+    """Register every deployment with the process work pool, creating the pool and the
+    device concurrency limit as needed. Idempotent: re-applying updates in place."""
+    path = path or default_path()
+    config = load(path)
+    built = build(config, path)
+    ensure_work_pool(config.work_pool)
+    ensure_device_limit(config.device_slots)
+    for deployment in built:
+        deployment_id = deployment.apply(work_pool_name=config.work_pool)
+        if not deployment.schedules:
+            drop_schedules(deployment_id)
+    return [d.full_name for d in built]
+
+
+def drop_schedules(deployment_id: Any) -> None:
+    """Remove a deployment's schedules (applying a deployment without any keeps the old)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for schedule in client.read_deployment_schedules(deployment_id):
+            client.delete_deployment_schedule(deployment_id, schedule.id)
+
+
+def ensure_work_pool(name: str) -> None:
+    """A process work pool called ``name`` (kept as it is when it exists)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", base_job_template=template)
+            )
+
+
+def ensure_device_limit(slots: int) -> None:
+    """The global concurrency limit training holds a slot of, with ``slots`` slots."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_global_concurrency_limit_by_name(DEVICE_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=DEVICE_LIMIT, limit=slots)
+            )
+            return
+        if found.limit != slots or not found.active:
+            client.update_global_concurrency_limit(
+                DEVICE_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
+            )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; ConfigError when it is missing or malformed."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from a loraflow checkout, or pass its path")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())

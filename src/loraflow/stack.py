@@ -1,0 +1,333 @@
+"""The local stack behind ``loraflow up``/``down``/``status`` (and ``make up``/``make down``).
+
+Four services on 127.0.0.1, each a child process in its own session with its log and PID file
+under ``<home>/stack/``:
+
+- ``prefect``: a Prefect server on SQLite (``<home>/stack/prefect/prefect.db``), UI included;
+- ``worker``: a Prefect worker for loraflow's process work pool (deployments are applied first);
+- ``mlflow``: the MLflow UI on loraflow's tracking database (only when that is a local file);
+- ``serve``: loraflow's HTTP service (LLM Engine and OpenAI APIs).
+
+``up`` is idempotent: a service already running (its PID file names a live process started
+as that service) is left alone. ``down`` stops only processes whose PID files ``up`` wrote.
+Nothing else needs the stack: without it loraflow uses the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loraflow.errors import LoraflowError
+from loraflow.settings import DEFAULT_CONFIG_FILE, Settings, get_settings
+
+HOST = "127.0.0.1"
+STOP_SECONDS = 40.0  # a worker gives its flow runs 30 s to end after SIGTERM
+
+
+class StackError(LoraflowError):
+    """A stack service could not start or stop; the message says which and why."""
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    port: int | None = None
+    url: str | None = None  # what a user opens
+    health: str | None = None  # GET that answers 200 when it is ready
+    ready: Callable[[], bool] | None = None  # readiness without a port (the worker)
+    needs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Status:
+    name: str
+    running: bool
+    healthy: bool
+    pid: int | None
+    url: str | None
+    log: Path
+
+
+class Stack:
+    """The stack of one loraflow home."""
+
+    def __init__(self, settings: Settings | None = None, pool: str = "loraflow") -> None:
+        self.settings = settings or get_settings()
+        self.dir = self.settings.home / "stack"
+        self.pool = pool
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.settings.stack.prefect_port}/api"
+
+    def services(self) -> list[Service]:
+        """The services in start order (``down`` stops them in reverse)."""
+        ports, py = self.settings.stack, sys.executable
+        base = self._base_env()
+        client = base | {"PREFECT_API_URL": self.api_url}
+        prefect = f"-m prefect server start --host {HOST} --port {ports.prefect_port}"
+        worker = f"-m prefect worker start --pool {self.pool} --type process --name "
+        mlflow = f"-m mlflow server --host {HOST} --port {ports.mlflow_port} --workers 1"
+        mlflow += " --backend-store-uri"
+        found = [
+            Service(
+                "prefect",
+                [py, *prefect.split()],
+                base,
+                port=ports.prefect_port,
+                url=f"http://{HOST}:{ports.prefect_port}",
+                health=f"{self.api_url}/health",
+            ),
+            Service(
+                "worker",
+                [py, *worker.split(), f"loraflow-{socket.gethostname()}"],
+                client,
+                ready=self._worker_online,
+            ),
+        ]
+        if self.settings.tracking_uri.startswith("sqlite:"):
+            found.append(
+                Service(
+                    "mlflow",
+                    [py, *mlflow.split(), self.settings.tracking_uri],
+                    base,
+                    port=ports.mlflow_port,
+                    url=f"http://{HOST}:{ports.mlflow_port}",
+                    health=f"http://{HOST}:{ports.mlflow_port}/health",
+                )
+            )
+        found.append(
+            Service(
+                "serve",
+                [py, "-m", "loraflow", "serve", "--host", HOST, "--port", str(ports.serve_port)],
+                client | self._api_key_env(),
+                port=ports.serve_port,
+                url=f"http://{HOST}:{ports.serve_port}",
+                health=f"http://{HOST}:{ports.serve_port}/healthz",
+            )
+        )
+        return found
+
+    # -- up / down / status ------------------------------------------------------------------
+
+    def up(
+        self, announce: Callable[[str], None] = print, deploy: Callable[[], Any] | None = None
+    ) -> None:
+        """Start what is not running, wait until each is healthy; ``deploy`` runs once the
+        Prefect server is up and before the worker starts. On a failure, stops what this
+        call started and raises StackError with the service's last log lines."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        started: list[Service] = []
+        try:
+            for service in self.services():
+                if self._process(service.name) is not None:
+                    announce(f"{service.name}: already running ({self._where(service)})")
+                else:
+                    self._start(service)
+                    started.append(service)
+                    self._wait_healthy(service)
+                    announce(f"{service.name}: started ({self._where(service)})")
+                if service.name == "prefect" and deploy is not None:
+                    deploy()
+        except BaseException:
+            for service in reversed(started):
+                self._stop(service.name)
+            raise
+
+    def down(self, announce: Callable[[str], None] = print) -> None:
+        """Stop the services ``up`` started (by their PID files); others are left alone."""
+        for service in reversed(self.services()):
+            if self._stop(service.name):
+                announce(f"{service.name}: stopped")
+            else:
+                announce(f"{service.name}: not running")
+
+    def status(self) -> list[Status]:
+        return [
+            Status(
+                name=s.name,
+                running=(proc := self._process(s.name)) is not None,
+                healthy=proc is not None and self._healthy(s),
+                pid=proc.pid if proc is not None else None,
+                url=s.url,
+                log=self._log(s.name),
+            )
+            for s in self.services()
+        ]
+
+    def running_api_url(self) -> str | None:
+        """The Prefect API of this home's stack when its server is running, else None."""
+        return self.api_url if self._process("prefect") is not None else None
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _start(self, service: Service) -> None:
+        if service.port is not None and _listening(service.port):
+            raise StackError(
+                f"{service.name}: {HOST}:{service.port} is already in use by a program "
+                f"`loraflow up` did not start; stop it or choose another port "
+                f"(LORAFLOW_STACK__{service.name.upper()}_PORT)"
+            )
+        with self._log(service.name).open("ab") as log:
+            log.write(f"\n--- loraflow up {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                service.command,
+                env=service.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: down stops its children too
+            )
+        record = {"pid": proc.pid, "started": _create_time(proc.pid), "command": service.command}
+        self._pid_file(service.name).write_text(json.dumps(record))
+
+    def _wait_healthy(self, service: Service) -> None:
+        deadline = time.monotonic() + self.settings.stack.start_timeout
+        while time.monotonic() < deadline:
+            if self._process(service.name) is None:
+                raise StackError(
+                    f"{service.name} exited while starting; the end of "
+                    f"{self._log(service.name)}:\n{self._tail(service.name)}"
+                )
+            if self._healthy(service):
+                return
+            time.sleep(0.5)
+        raise StackError(
+            f"{service.name} was not healthy within {self.settings.stack.start_timeout:.0f} s; "
+            f"the end of {self._log(service.name)}:\n{self._tail(service.name)}"
+        )
+
+    def _healthy(self, service: Service) -> bool:
+        if service.ready is not None:
+            return service.ready()
+        try:
+            with urllib.request.urlopen(str(service.health), timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def _worker_online(self) -> bool:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        try:
+            with (
+                temporary_settings({PREFECT_API_URL: self.api_url}),
+                get_client(sync_client=True) as client,
+            ):
+                workers = client.read_workers_for_work_pool(self.pool)
+        except Exception:
+            return False
+        return any(w.status and w.status.value == "ONLINE" for w in workers)
+
+    def _process(self, name: str) -> Any:
+        """The live process of ``name`` that ``up`` started, or None (a stale file is removed)."""
+        import psutil
+
+        path = self._pid_file(name)
+        try:
+            record = json.loads(path.read_text())
+            proc = psutil.Process(record["pid"])
+            if proc.create_time() == record["started"] and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
+        path.unlink(missing_ok=True)
+        return None
+
+    def _stop(self, name: str) -> bool:
+        """Stop ``name``'s process group: SIGTERM, then SIGKILL after STOP_SECONDS."""
+        import psutil
+
+        proc = self._process(name)
+        if proc is None:
+            return False
+        group = [proc, *proc.children(recursive=True)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(group, timeout=STOP_SECONDS)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        self._pid_file(name).unlink(missing_ok=True)
+        return True
+
+    # -- files and environment ---------------------------------------------------------------
+
+    def _pid_file(self, name: str) -> Path:
+        return self.dir / f"{name}.pid"
+
+    def _log(self, name: str) -> Path:
+        return self.dir / f"{name}.log"
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        try:
+            return "\n".join(self._log(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _where(self, service: Service) -> str:
+        proc = self._process(service.name)
+        pid = f"pid {proc.pid}" if proc is not None else "not running"
+        return f"{service.url}, {pid}" if service.url else pid
+
+    def _base_env(self) -> dict[str, str]:
+        """The environment every service gets: this one, pinned to this home and its files."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
+        env |= {
+            "PREFECT_HOME": str(self.dir / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "LORAFLOW_HOME": str(self.settings.home),
+            "PYTHONUNBUFFERED": "1",
+        }
+        config = os.environ.get("LORAFLOW_CONFIG") or (
+            str(DEFAULT_CONFIG_FILE.resolve()) if DEFAULT_CONFIG_FILE.is_file() else None
+        )
+        if config:  # flow runs start in other directories: name the settings file outright
+            env["LORAFLOW_CONFIG"] = config
+        return env
+
+    def _api_key_env(self) -> dict[str, str]:
+        """The HTTP service's keys: the configured ones, else one kept in ``api-key`` (0600)."""
+        if self.settings.api_keys:
+            return {}
+        return {"LORAFLOW_API_KEYS": self.api_key()}
+
+    def api_key(self) -> str:
+        """The key the stack's HTTP service accepts when none is configured (made once)."""
+        path = self.dir / "api-key"
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _create_time(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).create_time()
