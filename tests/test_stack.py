@@ -1,0 +1,250 @@
+"""The local stack on real parts: `loraflow up` starts a Prefect server (SQLite), a process
+worker, the MLflow UI and `loraflow serve` on loopback; deployments from configs/ run there
+(the nightly cron and a near-term schedule produce runs); `loraflow retrain --wait` exits by
+outcome; `loraflow down` stops only what `up` started."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import free_port
+from tests.helpers import SUPPORT_CSV, write
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ["prefect", "worker", "mlflow", "serve"]
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    home: Path
+    api_url: str
+    configs: Path
+    up_output: str = ""
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "loraflow", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        """A Prefect client of the stack's server."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: self.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            yield client
+
+    def pids(self) -> dict[str, int]:
+        folder = self.home / "stack"
+        return {
+            name: json.loads((folder / f"{name}.pid").read_text())["pid"]
+            for name in SERVICES
+            if (folder / f"{name}.pid").exists()
+        }
+
+    def deploy(self, retrain: str, schedules: str = "[]") -> None:
+        flows = "".join(f"  {f}: {{}}\n" for f in ("ingest", "fine-tune", "promote"))
+        body = (
+            f"deployments:\n{flows}  batch-complete: {{}}\n  retrain:\n"
+            f"    parameters: retrain.yaml\n    concurrency_limit: 1\n    schedules: {schedules}\n"
+        )
+        write(self.configs, "deployments.yaml", body)
+        write(self.configs, "retrain.yaml", retrain)
+        done = self.cli("deploy", "--config", str(self.configs / "deployments.yaml"))
+        assert done.returncode == 0, done.stderr
+
+
+TINY = """\
+dataset: builtin:customer_support.csv
+model: tiny-llama-test
+suffix: stack
+hyperparameters: {epochs: 1, batch_size: 8, lr: 0.01}
+validation_fraction: 0.2
+gate: {max_examples: 8, max_new_tokens: 4}
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("stack-home")
+    ports = {name: free_port() for name in ("PREFECT", "MLFLOW", "SERVE")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LORAFLOW_", "PREFECT_API"))}
+    env |= {f"LORAFLOW_STACK__{name}_PORT": str(port) for name, port in ports.items()}
+    env |= {
+        "LORAFLOW_HOME": str(home),
+        "LORAFLOW_MODELS_DIR": str(models_dir),
+        # the test cannot wait the default minute for the scheduler or 10 s per worker poll
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    stack = Stack(
+        env, home, f"http://127.0.0.1:{ports['PREFECT']}/api", tmp_path_factory.mktemp("cfg")
+    )
+    started = stack.cli("up")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        stack.up_output = started.stdout
+        yield stack
+    finally:
+        stack.cli("down")
+
+
+def test_up_starts_every_service_healthy_and_again_changes_nothing(stack: Stack) -> None:
+    for name in SERVICES:
+        assert f"{name}: started" in stack.up_output
+    status = stack.cli("status")
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.count("healthy") == 4
+    pids = stack.pids()
+    again = stack.cli("up")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already running") == 4
+    assert stack.pids() == pids
+
+    key_file = stack.home / "stack" / "api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text().strip()
+    assert key in stack.up_output and key not in again.stdout  # shown once
+    for log in (stack.home / "stack").glob("*.log"):
+        assert key not in log.read_text(errors="replace"), f"the API key leaked into {log.name}"
+
+
+def test_deployments_pool_limit_and_nightly_schedule_on_the_server(stack: Stack) -> None:
+    with stack.client() as client:
+        deployment = client.read_deployment_by_name("retrain/loraflow")
+        assert deployment.work_pool_name == "loraflow"
+        assert client.read_work_pool("loraflow").type == "process"
+        limit = client.read_global_concurrency_limit_by_name("loraflow-device")
+        assert limit.limit == 1 and limit.active
+        [schedule] = deployment.schedules
+        assert schedule.schedule.cron == "0 2 * * *"
+        deadline = time.monotonic() + 60
+        while not (runs := _runs(client, deployment.id)) and time.monotonic() < deadline:
+            time.sleep(1)
+    assert runs, "the scheduler made no runs of the nightly cron schedule"
+    assert {r.expected_start_time.hour for r in runs} == {2}
+    assert {r.state.type.value for r in runs} == {"SCHEDULED"}
+
+
+def test_retrain_from_the_cli_exits_by_outcome(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy(TINY)
+    with stack.client() as client:
+        assert client.read_deployment_by_name("retrain/loraflow").schedules == []
+    lines = SUPPORT_CSV.read_text().splitlines()
+    data = write(tmp_path, "support.csv", "\n".join(lines[:51]) + "\n")
+
+    first = stack.cli("retrain", "--wait", "--dataset", str(data))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "uploaded" in first.stdout and "promoted: no champion yet" in first.stdout
+
+    same = stack.cli("retrain", "--wait", "--dataset", str(data))
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "unchanged:" in same.stdout and "nothing to do" in same.stdout
+
+    gated = stack.cli("retrain", "--wait", "--force", "--set", "gate.min_improvement=100")
+    assert gated.returncode == 3, gated.stdout + gated.stderr
+    assert "rejected:" in gated.stdout and "at least 100" in gated.stdout
+
+    missing = stack.cli("retrain", "--wait", "--dataset", str(tmp_path / "gone.csv"))
+    assert missing.returncode == 1 and "no file at" in missing.stderr, missing.stderr
+
+    bad = stack.cli("retrain", "--set", "gate.metric=accuracy")
+    assert bad.returncode == 1 and "gate.metric" in bad.stderr
+
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with stack.client() as client:
+        job = next(r for r in client.read_flow_runs() if r.name.startswith("ft-"))
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[job.id])))
+    assert any("holding a 'loraflow-device' slot" in log.message for log in logs)
+
+
+def test_a_near_term_schedule_produces_a_run_on_the_worker(stack: Stack) -> None:
+    stack.deploy(TINY, schedules="[{interval_seconds: 10}]")
+    with stack.client() as client:
+        deployment = client.read_deployment_by_name("retrain/loraflow")
+        deadline = time.monotonic() + 240
+        done: list[Any] = []
+        while not done and time.monotonic() < deadline:
+            time.sleep(2)
+            done = [r for r in _runs(client, deployment.id) if r.state.is_final()]
+    stack.deploy(TINY)  # no schedule: no more runs
+    assert done, "no scheduled run finished"
+    assert done[0].state.type.value == "COMPLETED", done[0].state.message
+    assert done[0].state.name in {"Promoted", "Unchanged", "Rejected"}
+
+
+def test_down_stops_only_what_up_started(stack: Stack) -> None:
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        pids = stack.pids()
+        assert sorted(pids) == sorted(SERVICES)
+        down = stack.cli("down")
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.count("stopped") == 4
+        for pid in pids.values():
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        for name in ("PREFECT", "MLFLOW", "SERVE"):
+            port = int(stack.env[f"LORAFLOW_STACK__{name}_PORT"])
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens"
+        # a PID file naming some other process (a reused PID) is not obeyed
+        fake = {"pid": bystander.pid, "started": 1.0, "command": ["prefect"]}
+        (stack.home / "stack" / "prefect.pid").write_text(json.dumps(fake))
+        again = stack.cli("down")
+        assert again.stdout.count("not running") == 4
+        assert bystander.poll() is None
+        assert stack.cli("status").returncode == 1
+    finally:
+        bystander.kill()
+
+
+def test_up_refuses_a_port_another_program_holds(stack: Stack, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        other = Stack(
+            stack.env | {"LORAFLOW_HOME": str(tmp_path), "LORAFLOW_STACK__PREFECT_PORT": str(port)},
+            tmp_path,
+            f"http://127.0.0.1:{port}/api",
+            tmp_path,
+        )
+        refused = other.cli("up")
+    assert refused.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in refused.stderr
+    assert not list((tmp_path / "stack").glob("*.pid"))
+
+
+def _runs(client: Any, deployment_id: Any) -> list[Any]:
+    """The runs the scheduler made for a deployment."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]))
+    )
+    return [r for r in runs if r.auto_scheduled]
