@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo lint format bench clean
+.PHONY: setup test demo up down deploy lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ test: setup ## the full test suite
 
 demo: setup ## run the pipeline on the bundled dataset with the embedded defaults
 	$(BIN)/python -m flows.demo
+
+up: setup ## start the local stack on 127.0.0.1: Prefect server + worker, MLflow UI, loraflow serve
+	$(BIN)/loraflow up
+
+down: ## stop what `make up` started
+	$(BIN)/loraflow down
+
+deploy: setup ## apply configs/deployments.yaml to the Prefect API (the stack's when it is up)
+	$(BIN)/loraflow deploy
 
 lint: setup ## static checks
 	$(BIN)/ruff check .
