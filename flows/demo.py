@@ -103,7 +103,8 @@ def _show(console: Console, outcome: object, before: list[str], after: list[str]
     tracking_uri = get_settings().tracking_uri
     console.print(
         f"MLflow: [bold]mlflow ui --backend-store-uri {tracking_uri}[/bold] "
-        f"(run {run_id});  Prefect: [bold]prefect server start[/bold] shows the flow runs."
+        f"(run {run_id});  Prefect: [bold]make up[/bold] starts its UI; runs made while the "
+        "stack is up show there."
     )
 
 

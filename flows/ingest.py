@@ -14,7 +14,6 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow.data.sources import resolve_source
-from loraflow.orchestration import prefect_api
 from loraflow.settings import ValidationConfig, get_settings
 from tasks.files import split_dataset, upload_file
 from tasks.validate import validate_dataset
@@ -84,16 +83,7 @@ def ingest(config: IngestConfig = IngestConfig()) -> IngestResult:  # noqa: B008
     return result
 
 
-def main(argv: list[str]) -> None:
-    """``python -m flows.ingest [config.yaml]``: run the flow, print the result as JSON."""
-    import yaml
-
-    config = IngestConfig()
-    if len(argv) > 1:
-        config = IngestConfig.model_validate(yaml.safe_load(Path(argv[1]).read_text()) or {})
-    with prefect_api():
-        print(ingest(config).model_dump_json(indent=2))
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    from flows import main
+
+    main(ingest, sys.argv)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -30,7 +29,6 @@ from flows.fine_tune import fine_tune
 from flows.ingest import IngestConfig, ingest
 from flows.promote import PromoteConfig, promote
 from loraflow.fine_tuning import FineTuneRequest
-from loraflow.orchestration import prefect_api
 from loraflow.retraining import (
     FLOW_NAME,
     RetrainConfig,
@@ -108,16 +106,7 @@ def _finish(result: RetrainResult) -> Any:
     return Completed(name=result.outcome.title(), message=result.reason[:1000], data=result)
 
 
-def main(argv: list[str]) -> None:
-    """``python -m flows.retrain [config.yaml]``: run in this process, print the result."""
-    import yaml
-
-    config = RetrainConfig()
-    if len(argv) > 1:
-        config = RetrainConfig.model_validate(yaml.safe_load(Path(argv[1]).read_text()) or {})
-    with prefect_api():
-        print(retrain(config).model_dump_json(indent=2))
-
-
 if __name__ == "__main__":
-    main(sys.argv)
+    from flows import main
+
+    main(retrain, sys.argv)

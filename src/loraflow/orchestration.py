@@ -108,18 +108,23 @@ def find_job_run(client: Any, job_id: str, tag: str, kind: str) -> Any:
     return runs[0]
 
 
-def start_job(deployment: str, parameters: dict[str, Any], job_id: str, tag: str) -> None:
-    """Start a run of ``deployment`` named ``job_id``; a worker picks it up. Never waits."""
+def read_deployment(client: Any, name: str) -> Any:
+    """The deployment ``flow/name``; LoraflowError saying how to get one when it is missing."""
     from prefect.exceptions import ObjectNotFound
 
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        raise LoraflowError(
+            f"no {name} deployment on the Prefect API at {client.api_url}: `make up` registers "
+            "it and starts a worker (or `loraflow deploy` and a worker; or `loraflow worker`)"
+        ) from None
+
+
+def start_job(deployment: str, parameters: dict[str, Any], job_id: str, tag: str) -> None:
+    """Start a run of ``deployment`` named ``job_id``; a worker picks it up. Never waits."""
     with prefect_client() as client:
-        try:
-            found = client.read_deployment_by_name(deployment)
-        except ObjectNotFound:
-            raise LoraflowError(
-                f"no {deployment} deployment on the Prefect API at {client.api_url}: start "
-                "one with `loraflow worker` (or `make up`)"
-            ) from None
+        found = read_deployment(client, deployment)
         client.create_flow_run_from_deployment(
             found.id, parameters=parameters, name=job_id, tags=[tag]
         )

@@ -115,21 +115,11 @@ def start(overrides: dict[str, Any]) -> Any:
 
     The overrides are checked here first, so a bad value fails before any run exists.
     """
-    from prefect.exceptions import ObjectNotFound
-
-    from loraflow.errors import LoraflowError
     from loraflow.fine_tuning import DEPLOYMENT_NAME
-    from loraflow.orchestration import prefect_client
+    from loraflow.orchestration import prefect_client, read_deployment
 
-    name = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"
     with prefect_client() as client:
-        try:
-            deployment = client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            raise LoraflowError(
-                f"no {name} deployment on the Prefect API at {client.api_url}: `loraflow "
-                "deploy` registers it (`make up` does both), or run here with --local"
-            ) from None
+        deployment = read_deployment(client, f"{FLOW_NAME}/{DEPLOYMENT_NAME}")
         config = check_config(merge((deployment.parameters or {}).get("config", {}), overrides))
         return client.create_flow_run_from_deployment(
             deployment.id, parameters={"config": config.model_dump(mode="json")}

@@ -10,7 +10,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
 
-from flows.ingest import IngestConfig, ingest, main
+from flows import main
+from flows.ingest import IngestConfig, ingest
 from loraflow import DataValidationError, File
 from loraflow.data import validate
 from loraflow.storage import get_store
@@ -87,7 +88,7 @@ def test_invalid_data_fails_the_run_stores_nothing_and_publishes_the_report(
 
 def test_module_entry_point_reads_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = write(tmp_path, "ingest.yaml", f"source: {write(tmp_path, 'd.csv', csv_rows(10))}\n")
-    main(["flows.ingest", str(config)])
+    main(ingest, ["flows.ingest", str(config)])
     assert '"training_rows": 9' in capsys.readouterr().out
 
 
