@@ -10,7 +10,7 @@ HEAVY = ("torch", "transformers", "peft", "accelerate", "mlflow")
 
 def test_heavy_libraries_are_not_imported_eagerly() -> None:
     code = (
-        "import sys, loraflow, loraflow.cli, flows.ingest\n"
+        "import sys, loraflow, loraflow.cli, flows.ingest, flows.retrain, deployments.build\n"
         "from loraflow import File\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraflow.fine_tuning import SUFFIX
 from loraflow.promotion import Decision, Gate
 
 FLOW_NAME = "retrain"
@@ -37,7 +38,10 @@ class RetrainConfig(BaseModel):
     )
     model: str = Field("smollm2-135m-instruct", description="Base model to fine-tune.")
     suffix: str = Field(
-        "retrain", description="Model family: <model>.<suffix>; each run adds a version."
+        "retrain",
+        pattern=SUFFIX.pattern,
+        description="Model family <model>.<suffix> (up to 28 letters, digits, dashes); each "
+        "run adds a version.",
     )
     hyperparameters: dict[str, Any] = Field(
         {}, description='LLM Engine hyperparameters, e.g. {"epochs": 2, "lr": 0.0002}.'
