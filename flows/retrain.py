@@ -36,19 +36,24 @@ from loraflow.retraining import (
     family_of,
     unchanged_reason,
 )
-from tasks.retrain import fetch_dataset, find_champion, publish_summary, tag_dataset, work_dir
+from tasks.retrain import (
+    Dataset,
+    fetch_dataset,
+    find_champion,
+    publish_summary,
+    tag_dataset,
+    work_dir,
+)
 
 
 @flow(name=FLOW_NAME, log_prints=True)
 def retrain(config: RetrainConfig = RetrainConfig()) -> Any:  # noqa: B008
     """Retrain on ``config.dataset`` unless nothing changed; returns the RetrainResult."""
-    logger = get_run_logger()
     family = family_of(config.model, config.suffix)
     scratch = work_dir(str(flow_run.id or "local"))
     try:
         dataset = fetch_dataset(config.dataset, scratch)
         champion = find_champion(family, config.gate.alias)
-        base = {"family": family, "dataset": dataset.location, "dataset_sha256": dataset.sha256}
         reason = unchanged_reason(
             dataset.sha256,
             champion.model if champion else None,
@@ -57,46 +62,56 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> Any:  # noqa: B008
         )
         if reason and not config.force:
             return _finish(
-                RetrainResult(outcome="unchanged", reason=reason, champion=champion.model, **base)
+                RetrainResult(
+                    outcome="unchanged",
+                    reason=reason,
+                    champion=champion.model if champion else None,
+                    **_about(family, dataset),
+                )
             )
         if reason:
-            logger.info(f"forced to retrain: {reason}")
-        stored = ingest(
-            IngestConfig(
-                source=dataset.path,
-                validation_fraction=config.validation_fraction,
-                seed=config.seed,
-            )
-        )
-        tuned = fine_tune(
-            FineTuneRequest(
-                model=config.model,
-                training_file=stored.training_file,
-                validation_file=stored.validation_file,
-                hyperparameters=config.hyperparameters,
-                suffix=config.suffix,
-            )
-        )
-        tag_dataset(tuned.fine_tuned_model, dataset)
-        decision = promote(
-            PromoteConfig(
-                model=tuned.fine_tuned_model,
-                validation_file=str(stored.validation_file),
-                **config.gate.model_dump(),
-            )
-        )
+            get_run_logger().info(f"forced to retrain: {reason}")
+        return _finish(_train_and_gate(config, family, dataset))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return _finish(
-        RetrainResult(
-            outcome="promoted" if decision.promoted else "rejected",
-            reason=decision.reason,
-            candidate=tuned.fine_tuned_model,
-            champion=tuned.fine_tuned_model if decision.promoted else decision.champion,
-            decision=decision,
-            **base,
+
+
+def _train_and_gate(config: RetrainConfig, family: str, dataset: Dataset) -> RetrainResult:
+    """Ingest, fine-tune and score beside the champion, each a subflow; promote if better."""
+    stored = ingest(
+        IngestConfig(
+            source=dataset.path, validation_fraction=config.validation_fraction, seed=config.seed
         )
     )
+    tuned = fine_tune(
+        FineTuneRequest(
+            model=config.model,
+            training_file=stored.training_file,
+            validation_file=stored.validation_file,
+            hyperparameters=config.hyperparameters,
+            suffix=config.suffix,
+        )
+    )
+    tag_dataset(tuned.fine_tuned_model, dataset)
+    decision = promote(
+        PromoteConfig(
+            model=tuned.fine_tuned_model,
+            validation_file=str(stored.validation_file),
+            **config.gate.model_dump(),
+        )
+    )
+    return RetrainResult(
+        outcome="promoted" if decision.promoted else "rejected",
+        reason=decision.reason,
+        candidate=tuned.fine_tuned_model,
+        champion=tuned.fine_tuned_model if decision.promoted else decision.champion,
+        decision=decision,
+        **_about(family, dataset),
+    )
+
+
+def _about(family: str, dataset: Dataset) -> dict[str, str]:
+    return {"family": family, "dataset": dataset.location, "dataset_sha256": dataset.sha256}
 
 
 def _finish(result: RetrainResult) -> Any:
