@@ -183,6 +183,42 @@ def test_retrain_from_the_cli_exits_by_outcome(stack: Stack, tmp_path: Path) -> 
     assert any("holding a 'loraflow-device' slot" in log.message for log in logs)
 
 
+def test_two_fine_tunes_started_together_take_turns_on_the_device(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    lines = SUPPORT_CSV.read_text().splitlines()
+    data = write(tmp_path, "slot.csv", "\n".join(lines[:41]) + "\n")
+    uploaded = stack.cli("files", "upload", str(data))
+    assert uploaded.returncode == 0, uploaded.stderr
+    file_id = uploaded.stdout.strip()
+    jobs = []
+    for suffix in ("slot-a", "slot-b"):
+        made = stack.cli(
+            "fine-tunes", "create", file_id, "--model", "tiny-llama-test", "--suffix", suffix,
+            "-p", '{"epochs": 2, "batch_size": 4}',
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        jobs.append(made.stdout.strip())
+    for job in jobs:
+        waited = stack.cli("fine-tunes", "wait", job)
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+
+    def moments(client: Any, run: Any) -> tuple[Any, Any]:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        held = next(log.timestamp for log in logs if "holding a 'loraflow-device'" in log.message)
+        ready = next(log.timestamp for log in logs if "is ready" in log.message)
+        return held, ready
+
+    with stack.client() as client:
+        runs = [r for r in client.read_flow_runs() if r.name in jobs]
+        (_, first_done), (second_held, _) = sorted(moments(client, r) for r in runs)
+        spans = sorted((r.start_time, r.end_time) for r in runs)
+    assert spans[1][0] < spans[0][1], "the two runs did not overlap: nothing was tested"
+    assert second_held >= first_done, "both fine-tunes trained at once"
+
+
 def test_a_near_term_schedule_produces_a_run_on_the_worker(stack: Stack) -> None:
     stack.deploy(TINY, schedules="[{interval_seconds: 10}]")
     with stack.client() as client:
