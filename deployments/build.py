@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from loraflow.errors import ConfigError
+from loraflow.errors import ConfigError, field_problems
 from loraflow.fine_tuning import DEPLOYMENT_NAME
 from loraflow.orchestration import DEVICE_LIMIT
 
@@ -103,7 +103,7 @@ def load(path: Path | None = None) -> DeploymentsConfig:
     try:
         return DeploymentsConfig.model_validate(read_yaml(path))
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_problems(exc)}") from None
+        raise ConfigError(f"{path}: {field_problems(exc, '(top)')}") from None
 
 
 def flow_of(name: str) -> Any:
@@ -125,7 +125,7 @@ def parameters(name: str, spec: DeploymentConfig, folder: Path) -> dict[str, Any
     try:
         return {"config": model.model_validate(read_yaml(path)).model_dump(mode="json")}
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_problems(exc)}") from None
+        raise ConfigError(f"{path}: {field_problems(exc, '(top)')}") from None
 
 
 def build(config: DeploymentsConfig | None = None, path: Path | None = None) -> list[Any]:
@@ -218,7 +218,3 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())

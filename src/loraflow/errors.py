@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from loraflow.data.report import ValidationReport
 
 
@@ -34,3 +36,9 @@ class DataValidationError(LoraflowError, ValueError):
     def __init__(self, report: ValidationReport) -> None:
         self.report = report
         super().__init__(report.describe())
+
+
+def field_problems(exc: ValidationError, whole: str) -> str:
+    """Every problem pydantic found, ``field.path: message`` joined by ``; `` (``whole``
+    names a problem of the object itself)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())

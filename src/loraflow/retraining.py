@@ -164,13 +164,12 @@ def check_config(raw: dict[str, Any]) -> RetrainConfig:
     """``raw`` as a RetrainConfig; InvalidRequestError naming the field otherwise."""
     from pydantic import ValidationError
 
-    from loraflow.errors import InvalidRequestError
+    from loraflow.errors import InvalidRequestError, field_problems
 
     try:
         return RetrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidRequestError(f"retrain config: {problems}") from None
+        raise InvalidRequestError(f"retrain config: {field_problems(exc, '(top)')}") from None
 
 
 def wait(flow_run_id: Any, timeout: float | None = None) -> Any:

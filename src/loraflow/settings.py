@@ -23,7 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from loraflow.errors import ConfigError
+from loraflow.errors import ConfigError, field_problems
 
 DEFAULT_CONFIG_FILE = Path("configs/stack.yaml")
 # URL-valued settings may carry a password (user:pass@host); reprs and dumps mask it.
@@ -189,9 +189,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = field_problems(exc, "settings")
         raise ConfigError(
             f"invalid loraflow settings ({problems}). Fix the LORAFLOW_* variable or the "
             "config file named above."
