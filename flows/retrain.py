@@ -31,13 +31,13 @@ from flows.promote import PromoteConfig, promote
 from loraflow.fine_tuning import FineTuneRequest
 from loraflow.retraining import (
     FLOW_NAME,
+    Dataset,
     RetrainConfig,
     RetrainResult,
     family_of,
     unchanged_reason,
 )
 from tasks.retrain import (
-    Dataset,
     fetch_dataset,
     find_champion,
     publish_summary,
@@ -54,18 +54,13 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> Any:  # noqa: B008
     try:
         dataset = fetch_dataset(config.dataset, scratch)
         champion = find_champion(family, config.gate.alias)
-        reason = unchanged_reason(
-            dataset.sha256,
-            champion.model if champion else None,
-            champion.dataset_sha256 if champion else None,
-            config.gate.alias,
-        )
-        if reason and not config.force:
+        reason = unchanged_reason(dataset, champion, config.gate.alias)
+        if reason and champion and not config.force:
             return _finish(
                 RetrainResult(
                     outcome="unchanged",
                     reason=reason,
-                    champion=champion.model if champion else None,
+                    champion=champion.model,
                     **_about(family, dataset),
                 )
             )

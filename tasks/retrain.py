@@ -8,30 +8,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
 
+from loraflow.retraining import Champion, Dataset
 from loraflow.settings import get_settings
 from tasks.validate import artifact_key
 
 TAG_DATASET = "loraflow.dataset"
 TAG_DATASET_SHA256 = "loraflow.dataset_sha256"
-
-
-class Dataset(BaseModel):
-    """A dataset fetched for one retrain run."""
-
-    location: str  # where it was read: a prefix resolves to its newest file
-    path: str  # the local copy the run ingests
-    sha256: str  # of the bytes as read
-
-
-class Champion(BaseModel):
-    """The model an alias points at, with the dataset it was trained on (when known)."""
-
-    model: str
-    version: int
-    dataset: str | None
-    dataset_sha256: str | None
 
 
 @task(name="fetch-dataset", tags=["loraflow", "data"], retries=2, retry_delay_seconds=5)

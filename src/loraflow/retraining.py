@@ -56,6 +56,23 @@ class RetrainConfig(BaseModel):
     )
 
 
+class Dataset(BaseModel):
+    """A dataset fetched for one retrain run."""
+
+    location: str  # where it was read: a prefix resolves to its newest file
+    path: str  # the local copy the run ingests
+    sha256: str  # of the bytes as read
+
+
+class Champion(BaseModel):
+    """The model an alias points at, with the dataset it was trained on (when known)."""
+
+    model: str
+    version: int
+    dataset: str | None
+    dataset_sha256: str | None
+
+
 class RetrainResult(BaseModel):
     """What a retrain run did, and why."""
 
@@ -95,15 +112,13 @@ def family_of(model: str, suffix: str) -> str:
     return registry.family(model_name(resolve_model(model).name, suffix))
 
 
-def unchanged_reason(
-    dataset_sha256: str, champion: str | None, champion_sha256: str | None, alias: str
-) -> str | None:
+def unchanged_reason(dataset: Dataset, champion: Champion | None, alias: str) -> str | None:
     """Why there is nothing to do (the champion learned from these very bytes), or None."""
-    if champion is None or champion_sha256 != dataset_sha256:
+    if champion is None or champion.dataset_sha256 != dataset.sha256:
         return None
     return (
-        f"{champion} ({alias}) was trained on this dataset (sha256 "
-        f"{dataset_sha256[:12]}); nothing to do. Set force to retrain anyway."
+        f"{champion.model} ({alias}) was trained on this dataset (sha256 "
+        f"{dataset.sha256[:12]}); nothing to do. Set force to retrain anyway."
     )
 
 

@@ -22,10 +22,7 @@ def up(
 
     Idempotent: what already runs is left alone. Logs and PID files: <home>/stack/.
     """
-    from deployments.build import load
-    from loraflow.stack import Stack
-
-    stack = Stack(pool=load().work_pool)
+    stack = _stack()
     new_key = not stack.settings.api_keys and not (stack.dir / "api-key").exists()
     stack.up(_say, deploy=(lambda: _apply(stack.api_url)) if deploy else None)
     if not stack.settings.api_keys:
@@ -43,21 +40,15 @@ def up(
 @handle_errors
 def down() -> None:
     """Stop the services `loraflow up` started (nothing else)."""
-    from deployments.build import load
-    from loraflow.stack import Stack
-
-    Stack(pool=load().work_pool).down(_say)
+    _stack().down(_say)
 
 
 @app.command()
 @handle_errors
 def status() -> None:
     """Show the stack's services; exit 1 unless every one is running and healthy."""
-    from deployments.build import load
-    from loraflow.stack import Stack
-
     table = Table("service", "state", "pid", "url", "log")
-    found = Stack(pool=load().work_pool).status()
+    found = _stack().status()
     for s in found:
         state = "[green]healthy[/green]" if s.healthy else "[yellow]unhealthy[/yellow]"
         table.add_row(
@@ -198,6 +189,14 @@ def _ui(flow_run_id: Any) -> str:
 
     base = PREFECT_UI_URL.value()
     return f"{base}/runs/flow-run/{flow_run_id}" if base else str(flow_run_id)
+
+
+def _stack() -> Any:
+    """This home's stack, its worker serving the work pool configs/deployments.yaml names."""
+    from deployments.build import load
+    from loraflow.stack import Stack
+
+    return Stack(pool=load().work_pool)
 
 
 def _say(line: str) -> None:
