@@ -216,6 +216,10 @@ def device_slot(reporter: PrefectReporter) -> Iterator[None]:
         with get_client(sync_client=True) as client:
             client.read_global_concurrency_limit_by_name(DEVICE_LIMIT)
     except ObjectNotFound:
+        limited = False
+    else:
+        limited = True
+    if not limited:  # yielding outside the except: a training error must not chain onto it
         yield
         return
     reporter.event(f"waiting for a slot of the {DEVICE_LIMIT!r} concurrency limit")
