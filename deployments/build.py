@@ -149,65 +149,60 @@ def build(config: DeploymentsConfig | None = None, path: Path | None = None) -> 
 def apply(path: Path | None = None) -> list[str]:
     """Register every deployment with the process work pool, creating the pool and the
     device concurrency limit as needed. Idempotent: re-applying updates in place."""
+    from prefect.client.orchestration import get_client
+
     path = path or default_path()
     config = load(path)
     built = build(config, path)
-    ensure_work_pool(config.work_pool)
-    ensure_device_limit(config.device_slots)
-    for deployment in built:
-        deployment_id = deployment.apply(work_pool_name=config.work_pool)
-        if not deployment.schedules:
-            drop_schedules(deployment_id)
+    with get_client(sync_client=True) as client:
+        ensure_work_pool(client, config.work_pool)
+        ensure_device_limit(client, config.device_slots)
+        for deployment in built:
+            deployment_id = deployment.apply(work_pool_name=config.work_pool)
+            if not deployment.schedules:
+                drop_schedules(client, deployment_id)
     return [d.full_name for d in built]
 
 
-def drop_schedules(deployment_id: Any) -> None:
+def drop_schedules(client: Any, deployment_id: Any) -> None:
     """Remove a deployment's schedules (applying a deployment without any keeps the old)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        for schedule in client.read_deployment_schedules(deployment_id):
-            client.delete_deployment_schedule(deployment_id, schedule.id)
+    for schedule in client.read_deployment_schedules(deployment_id):
+        client.delete_deployment_schedule(deployment_id, schedule.id)
 
 
-def ensure_work_pool(name: str) -> None:
+def ensure_work_pool(client: Any, name: str) -> None:
     """A process work pool called ``name`` (kept as it is when it exists)."""
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_work_pool(name)
-        except ObjectNotFound:
-            template = ProcessWorker.get_default_base_job_template()
-            client.create_work_pool(
-                WorkPoolCreate(name=name, type="process", base_job_template=template)
-            )
+    try:
+        client.read_work_pool(name)
+    except ObjectNotFound:
+        template = ProcessWorker.get_default_base_job_template()
+        pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
+        client.create_work_pool(pool)
 
 
-def ensure_device_limit(slots: int) -> None:
+def ensure_device_limit(client: Any, slots: int) -> None:
     """The global concurrency limit training holds a slot of, with ``slots`` slots."""
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import (
         GlobalConcurrencyLimitCreate,
         GlobalConcurrencyLimitUpdate,
     )
     from prefect.exceptions import ObjectNotFound
 
-    with get_client(sync_client=True) as client:
-        try:
-            found = client.read_global_concurrency_limit_by_name(DEVICE_LIMIT)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=DEVICE_LIMIT, limit=slots)
-            )
-            return
-        if found.limit != slots or not found.active:
-            client.update_global_concurrency_limit(
-                DEVICE_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
-            )
+    try:
+        found = client.read_global_concurrency_limit_by_name(DEVICE_LIMIT)
+    except ObjectNotFound:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=DEVICE_LIMIT, limit=slots)
+        )
+        return
+    if found.limit != slots or not found.active:
+        client.update_global_concurrency_limit(
+            DEVICE_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
+        )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
