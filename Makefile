@@ -21,7 +21,7 @@ test: setup ## the full test suite
 	$(BIN)/python -m pytest
 
 demo: setup ## run the pipeline on the bundled dataset with the embedded defaults
-	$(BIN)/python -m flows.demo
+	$(BIN)/python -m deployments.demo
 
 up: setup ## start the local stack on 127.0.0.1: Prefect server + worker, MLflow UI, loraflow serve
 	$(BIN)/loraflow up

@@ -12,16 +12,15 @@ Each flow is deployed as ``<flow>/loraflow``: the names the SDK's job APIs start
 from __future__ import annotations
 
 import importlib
-import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from flows import config_model
 from loraflow.errors import ConfigError, field_problems
-from loraflow.fine_tuning import DEPLOYMENT_NAME
-from loraflow.orchestration import DEVICE_LIMIT
+from loraflow.jobs import DEPLOYMENT_NAME, DEVICE_LIMIT
+from loraflow.settings import read_yaml
 
 # flow name -> entrypoint, a module path: workers import the installed package from any cwd
 FLOWS = {
@@ -111,11 +110,6 @@ def flow_of(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def config_model(flow: Any) -> type[BaseModel]:
-    """The pydantic model of a flow's one parameter, ``config``."""
-    return typing.get_type_hints(flow.fn)["config"]
-
-
 def parameters(name: str, spec: DeploymentConfig, folder: Path) -> dict[str, Any]:
     """The deployment's parameters: its YAML file checked against the flow's config model."""
     model = config_model(flow_of(name))
@@ -203,13 +197,3 @@ def ensure_device_limit(client: Any, slots: int) -> None:
         client.update_global_concurrency_limit(
             DEVICE_LIMIT, GlobalConcurrencyLimitUpdate(limit=slots, active=True)
         )
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; ConfigError when it is missing or malformed."""
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: run from a loraflow checkout, or pass its path")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
+
+
+def config_model(flow: Any) -> type[BaseModel]:
+    """The pydantic model of a flow's one parameter, ``config``."""
+    return typing.get_type_hints(flow.fn)["config"]
 
 
 def main(flow: Any, argv: list[str]) -> None:
     """``python -m flows.<name> [config.yaml]``: run ``flow`` in this process on the file's
     config (the defaults without one) and print its result as JSON."""
-    from deployments.build import config_model, read_yaml
-    from loraflow.orchestration import prefect_api
+    from loraflow.jobs import prefect_api
+    from loraflow.settings import read_yaml
 
     raw = read_yaml(Path(argv[1])) if len(argv) > 1 else {}
     with prefect_api():

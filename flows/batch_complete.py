@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Cancelled
 
 from loraflow.batch import FLOW_NAME, JOB_IDS, TAG, BatchCompleteConfig, JobCancelled
-from loraflow.orchestration import job_identity
+from loraflow.jobs import job_identity
 from tasks.complete import generate_batch
 
 

@@ -20,7 +20,7 @@ from loraflow.fine_tuning import (
     check_request,
     model_name,
 )
-from loraflow.orchestration import job_identity
+from loraflow.jobs import job_identity
 from tasks.fine_tune import prepare_base_model, train_adapter
 from tasks.registry import register_model
 

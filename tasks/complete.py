@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from loraflow.batch import BatchCompleteConfig, BatchResult
-from loraflow.sdk.types import CompletionSyncResponse
+from loraflow.types import CompletionSyncResponse
 
 
 @task(name="complete", tags=["loraflow", "completion"], cache_policy=NO_CACHE)
@@ -62,7 +62,7 @@ def generate_batch(config: BatchCompleteConfig, job_id: str) -> BatchResult:
     from prefect.runtime import flow_run
 
     from loraflow import batch
-    from tasks.fine_tune import is_cancelling
+    from loraflow.jobs import is_cancelling
 
     logger = get_run_logger()
     run_id: Any = flow_run.id

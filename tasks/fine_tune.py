@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from loraflow.fine_tuning import CheckedRequest
-from loraflow.orchestration import DEVICE_LIMIT
+from loraflow.jobs import DEVICE_LIMIT, is_cancelling
 from tasks.validate import artifact_key
 
 LEVELS = {
@@ -144,15 +144,6 @@ def _progress_bar() -> Any:
     )
 
 
-def is_cancelling(flow_run_id: UUID) -> bool:
-    """Whether someone asked Prefect to cancel this run (covers runs not under a runner)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(flow_run_id).state
-    return state is not None and state.type.value in {"CANCELLING", "CANCELLED"}
-
-
 @contextmanager
 def stop_on_sigterm(flag: threading.Event) -> Iterator[None]:
     """While training, SIGTERM (a runner or worker cancelling) asks the loop to stop.
@@ -185,7 +176,7 @@ def train_adapter(checked: CheckedRequest, job_id: str) -> Any:
     """Train the LoRA adapter; resumes from the job's last checkpoint if there is one."""
     from prefect.runtime import flow_run
 
-    from loraflow.training.pipeline import run_fine_tune
+    from loraflow.fine_tuning.run import run_fine_tune
 
     reporter = PrefectReporter(get_run_logger(), _uuid(flow_run.id), job_id)
     reporter.event(f"training in process {os.getpid()}")

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from deployments.build import FLOWS, build, config_model, flow_of, load
+from deployments.build import FLOWS, build, flow_of, load
+from flows import config_model
 from loraflow.errors import ConfigError
 from loraflow.retraining import RetrainConfig
 

@@ -16,3 +16,15 @@ def test_heavy_libraries_are_not_imported_eagerly() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_sdk_imports_without_polars_torch_or_prefect() -> None:
+    """``import loraflow`` and ``from loraflow import Completion`` load only the light parts."""
+    code = (
+        "import sys, loraflow\n"
+        "from loraflow import Completion\n"
+        "print(sorted(m for m in ('polars', 'torch', 'prefect', 'transformers', 'mlflow') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -82,7 +82,7 @@ def test_mask_url() -> None:
 def test_prefect_api_url_is_applied_by_entry_points() -> None:
     from prefect.settings import PREFECT_API_URL
 
-    from loraflow.orchestration import prefect_api
+    from loraflow.jobs import prefect_api
 
     before = PREFECT_API_URL.value()
     with prefect_api(Settings(prefect_api_url="http://127.0.0.1:4299/api")):

@@ -38,7 +38,7 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "loraflow", *args],
+            [sys.executable, "-m", "deployments.cli", *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,

@@ -35,7 +35,12 @@ __all__ = [
     "StorageError",
     "__version__",
 ]
-_LAZY = {name: "loraflow.sdk" for name in ("Completion", "File", "FineTune", "Model")}
+_LAZY = {
+    "Completion": "loraflow.sdk.completion",
+    "File": "loraflow.sdk.file",
+    "FineTune": "loraflow.sdk.fine_tune",
+    "Model": "loraflow.sdk.model",
+}
 
 
 def __getattr__(name: str) -> Any:

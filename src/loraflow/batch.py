@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow import locations
 from loraflow.errors import InvalidRequestError, NotFoundError
-from loraflow.orchestration import JobIds
+from loraflow.jobs import JobIds
 from loraflow.storage import get_store
 
 JOB_IDS = JobIds("batch", "batch")

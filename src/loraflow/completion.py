@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loraflow.errors import InvalidRequestError, LoraflowError
-from loraflow.sdk.types import (
+from loraflow.types import (
     CompletionOutput,
     CompletionStreamOutput,
     CompletionStreamResponse,
@@ -30,6 +30,8 @@ Messages = list[dict[str, str]]
 
 class CompletionTimeoutError(LoraflowError, TimeoutError):
     """A completion did not finish within its ``timeout``."""
+
+    status = 504
 
 
 class Params(BaseModel):

@@ -11,11 +11,19 @@ if TYPE_CHECKING:
 
 
 class LoraflowError(Exception):
-    """Base class of every error loraflow raises on purpose."""
+    """Base class of every error loraflow raises on purpose; its message says what to do.
+
+    ``status`` is the HTTP status the service answers with, the message as its detail: below
+    500 the caller can fix it; 500 and above are faults of the server or what it relies on.
+    """
+
+    status: int = 400
 
 
 class ConfigError(LoraflowError, ValueError):
     """A setting or config file is wrong; the message names the field and the fix."""
+
+    status = 500
 
 
 class InvalidRequestError(LoraflowError, ValueError):
@@ -25,9 +33,19 @@ class InvalidRequestError(LoraflowError, ValueError):
 class NotFoundError(LoraflowError, LookupError):
     """The named file, job or model does not exist."""
 
+    status = 404
+
 
 class StorageError(LoraflowError):
     """The object store failed after retries; no partial object was left behind."""
+
+    status = 503
+
+
+class UnavailableError(LoraflowError):
+    """Something loraflow relies on is not there (a deployment, a worker, a model's weights)."""
+
+    status = 503
 
 
 class DataValidationError(LoraflowError, ValueError):

@@ -20,6 +20,7 @@ from loraflow.fine_tuning import SUFFIX
 from loraflow.promotion import Decision, Gate
 
 FLOW_NAME = "retrain"
+TAG = "loraflow-retrain"
 Outcome = Literal["promoted", "unchanged", "rejected"]
 # exit codes of `loraflow retrain --wait`: 0 when the model is as good as it gets
 EXIT_CODES: dict[str, int] = {"promoted": 0, "unchanged": 0, "rejected": 3}
@@ -134,15 +135,13 @@ def start(overrides: dict[str, Any]) -> Any:
 
     The overrides are checked here first, so a bad value fails before any run exists.
     """
-    from loraflow.fine_tuning import DEPLOYMENT_NAME
-    from loraflow.orchestration import prefect_client, read_deployment
+    from loraflow import jobs
 
-    with prefect_client() as client:
-        deployment = read_deployment(client, f"{FLOW_NAME}/{DEPLOYMENT_NAME}")
-        config = check_config(merge((deployment.parameters or {}).get("config", {}), overrides))
-        return client.create_flow_run_from_deployment(
-            deployment.id, parameters={"config": config.model_dump(mode="json")}
-        )
+    def parameters(defaults: dict[str, Any]) -> dict[str, Any]:
+        config = check_config(merge(defaults.get("config", {}), overrides))
+        return {"config": config.model_dump(mode="json")}
+
+    return jobs.start_job(FLOW_NAME, parameters, None, TAG)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -185,28 +184,6 @@ def check_config(raw: dict[str, Any]) -> RetrainConfig:
         return RetrainConfig.model_validate(raw)
     except ValidationError as exc:
         raise InvalidRequestError(f"retrain config: {field_problems(exc, '(top)')}") from None
-
-
-def wait(flow_run_id: Any, timeout: float | None = None) -> Any:
-    """Poll a run (backing off from 1 s to 10 s) until it ends; the final flow run.
-
-    Raises TimeoutError when ``timeout`` seconds pass first.
-    """
-    import time
-
-    from loraflow.orchestration import prefect_client
-
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 1.0
-    with prefect_client() as client:
-        while True:
-            run = client.read_flow_run(flow_run_id)
-            if run.state is not None and run.state.is_final():
-                return run
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise TimeoutError(f"run {run.name} still {run.state_name} after {timeout} s")
-            time.sleep(delay)
-            delay = min(10.0, delay * 1.5)
 
 
 def _code(value: str | None) -> str:

@@ -9,6 +9,7 @@ URLs are shown with their passwords masked, so a settings object is safe to log.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -202,9 +203,28 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+_RESETS: list[Callable[[], None]] = []
+
+
+def on_reset(forget: Callable[[], None]) -> None:
+    """Call ``forget`` on every ``reset()``: for caches built from the settings."""
+    _RESETS.append(forget)
+
+
 def reset() -> None:
     """Forget cached settings and the objects built from them."""
     get_settings.cache_clear()
-    from loraflow import storage
+    for forget in _RESETS:
+        forget()
 
-    storage.get_store.cache_clear()
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; ConfigError when it is missing or malformed."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from a loraflow checkout, or pass its path")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None

@@ -169,13 +169,13 @@ def load_adapter(adapter_dir: Path) -> tuple[Any, Any]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loraflow.errors import LoraflowError
+    from loraflow.errors import UnavailableError
     from loraflow.models import model_revision, prepare, resolve_model
 
     ref = json.loads((adapter_dir / BASE_REF).read_text())
     base_dir = prepare(resolve_model(ref["name"]))
     if model_revision(base_dir) != ref["revision"]:
-        raise LoraflowError(
+        raise UnavailableError(
             f"adapter {adapter_dir} was trained on {ref['name']} revision {ref['revision']}, "
             f"but {base_dir} holds revision {model_revision(base_dir)}"
         )

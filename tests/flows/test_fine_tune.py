@@ -51,7 +51,7 @@ def runner(prefect_harness: None, job_home: Path, models_dir: Path) -> Iterator[
     }
     log = (job_home / "runner.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loraflow", "worker", "--limit", "2", "--poll", "1"],
+        [sys.executable, "-m", "deployments.cli", "worker", "--limit", "2", "--poll", "1"],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -68,6 +68,6 @@ def print_report(report: Any, limit: int, console: Console = out) -> None:
 
 def prefect() -> Any:
     """Within this block, Prefect talks to the API loraflow's settings name."""
-    from loraflow.orchestration import prefect_api
+    from loraflow.jobs import prefect_api
 
     return prefect_api()

@@ -1,4 +1,4 @@
-"""Commands on fine-tune jobs, the worker that runs them, and the demo."""
+"""Commands on fine-tune jobs."""
 
 from __future__ import annotations
 
@@ -117,25 +117,3 @@ def _exit_with(job: Any) -> None:
     out.print(f"{job.id}: {job.status} {job.fine_tuned_model or ''}")
     if job.status != "SUCCESS":
         raise typer.Exit(1)
-
-
-@app.command()
-@handle_errors
-def worker(
-    limit: Annotated[int, typer.Option(help="Flow runs at once.")] = 1,
-    poll: Annotated[float, typer.Option(help="Seconds between polls for new runs.")] = 2.0,
-) -> None:
-    """Serve loraflow's deployments here: runs fine-tunes that FineTune.create starts."""
-    from deployments.local import serve
-
-    with prefect():
-        serve(limit=limit, poll_seconds=poll)
-
-
-@app.command()
-@handle_errors
-def demo() -> None:
-    """Run the pipeline on the bundled dataset with the embedded defaults."""
-    from flows.demo import run
-
-    run(out)

@@ -1,4 +1,4 @@
-"""Commands on served models: list, show, delete and download them, complete, batch, promote."""
+"""Commands on served models: list, show, delete and download them, complete, batch, serve."""
 
 from __future__ import annotations
 
@@ -160,37 +160,6 @@ def batch_cancel(job_id: str) -> None:
     with prefect():
         done = Completion.cancel_batch_completion(job_id).success
     out.print(f"cancelling {job_id}" if done else f"{job_id} has already ended")
-
-
-@app.command()
-@handle_errors
-def promote(
-    model: Annotated[str, typer.Argument(help="Candidate: fine-tune name or NAME/VERSION.")],
-    validation_file: Annotated[str, typer.Option(help="file-… id of rows to score on.")],
-    metric: Annotated[str, typer.Option(help="eval_loss, exact_match or rouge_l.")] = "eval_loss",
-    min_improvement: Annotated[float, typer.Option(help="Margin to win by.")] = 0.0,
-    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
-) -> None:
-    """Score a fine-tune beside the champion and move the alias if it wins (a flow run)."""
-    from pydantic import ValidationError
-
-    from flows.promote import PromoteConfig, promote
-    from loraflow.completion import first_error
-    from loraflow.errors import InvalidRequestError
-
-    try:
-        config = PromoteConfig(
-            model=model,
-            validation_file=validation_file,
-            metric=metric,  # type: ignore[arg-type]
-            min_improvement=min_improvement,
-            alias=alias,
-        )
-    except ValidationError as exc:
-        raise InvalidRequestError(first_error(exc)) from None
-    with prefect():
-        decision = promote(config)
-    out.print(decision.to_markdown(), highlight=False, markup=False)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.engine.generation import BASE_ADAPTER, Decoder, Request, TokenEvent, eos_ids
-from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError
+from loraflow.errors import InvalidRequestError, NotFoundError, UnavailableError
 from loraflow.models import model_revision, prepare, resolve_model
 from loraflow.models.zoo import load_zoo
 from loraflow.settings import get_settings
@@ -240,7 +240,7 @@ def resolve_served(reference: str) -> tuple[Engine, str | None]:
         ) from None
     engine = get_engine(record["base_model"])
     if engine.revision != record["base_revision"]:
-        raise LoraflowError(
+        raise UnavailableError(
             f"{name} was trained on {record['base_model']} revision {record['base_revision']}, "
             f"but this process serves revision {engine.revision}"
         )

@@ -15,7 +15,7 @@ from importlib import metadata, util
 from pathlib import Path
 from typing import Any
 
-from loraflow.errors import ConfigError, LoraflowError
+from loraflow.errors import ConfigError, UnavailableError
 from loraflow.models.zoo import ModelSpec, TinyConfig
 from loraflow.settings import get_settings
 
@@ -23,7 +23,7 @@ MARKER = "loraflow-model.json"
 HUB_TIMEOUT_SECONDS = 10
 
 
-class ModelUnavailableError(LoraflowError):
+class ModelUnavailableError(UnavailableError):
     """A base model's weights cannot be had here (no hub, missing package)."""
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loraflow.errors import InvalidRequestError
 
-ZOO_FILE = Path(__file__).resolve().parents[3] / "configs" / "models.yaml"
+ZOO_NAME = "models.yaml"  # configs/models.yaml; wheels carry it as loraflow/configs/models.yaml
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -69,10 +69,20 @@ class ModelSpec(BaseModel):
         return self.chat_template and bool(getattr(tokenizer, "chat_template", None))
 
 
+def zoo_file() -> Path:
+    """The zoo file: the package's copy in an installed wheel, else the checkout's."""
+    packaged = Path(__file__).resolve().parents[1] / "configs" / ZOO_NAME
+    return (
+        packaged
+        if packaged.is_file()
+        else Path(__file__).resolve().parents[3] / "configs" / ZOO_NAME
+    )
+
+
 @lru_cache(maxsize=4)
-def load_zoo(path: Path = ZOO_FILE) -> dict[str, ModelSpec]:
-    """All models in the zoo file, by name."""
-    raw = yaml.safe_load(path.read_text()) or {}
+def load_zoo(path: Path | None = None) -> dict[str, ModelSpec]:
+    """All models in the zoo file (``zoo_file()`` by default), by name."""
+    raw = yaml.safe_load((path or zoo_file()).read_text()) or {}
     return {name: ModelSpec(name=name, **body) for name, body in raw.items()}
 
 

@@ -17,10 +17,8 @@ from pydantic import ValidationError
 from loraflow import completion
 from loraflow.aio import iterate_in_thread
 from loraflow.errors import InvalidRequestError
-from loraflow.fine_tuning import DEPLOYMENT_NAME
 from loraflow.sdk.types import (
     BatchCompletionsJob,
-    BatchStatus,
     CancelBatchCompletionResponse,
     CompletionStreamResponse,
     CompletionSyncResponse,
@@ -251,7 +249,7 @@ class Completion:
         (``get_batch_completion`` says where). Runs on a worker (``loraflow worker``).
         """
         from loraflow import batch
-        from loraflow.orchestration import start_job
+        from loraflow.jobs import start_job
 
         try:
             config = batch.BatchCompleteConfig(
@@ -271,20 +269,20 @@ class Completion:
         except ValidationError as exc:
             raise InvalidRequestError(completion.first_error(exc)) from None
         job_id = batch.JOB_IDS.new()
-        deployment = f"{batch.FLOW_NAME}/{DEPLOYMENT_NAME}"
-        start_job(deployment, {"config": config.model_dump()}, job_id, batch.TAG)
+        start_job(batch.FLOW_NAME, {"config": config.model_dump()}, job_id, batch.TAG)
         return CreateBatchCompletionsResponse(job_id=job_id)
 
     @classmethod
     def get_batch_completion(cls, job_id: str) -> GetBatchCompletionResponse:
         """A batch job's status, and where its results are. Raises NotFoundError."""
-        from loraflow import batch
-        from loraflow.orchestration import find_job_run, prefect_client
+        from loraflow import batch, jobs
 
-        with prefect_client() as client:
-            run = find_job_run(client, batch.JOB_IDS.check(job_id), batch.TAG, "batch completion")
-        state = run.state.type.value if run.state else "PENDING"
-        result = batch.read_result(job_id) if state == "COMPLETED" else None
+        with jobs.prefect_client() as client:
+            run = jobs.find_job_run(
+                client, batch.JOB_IDS.check(job_id), batch.TAG, "batch completion"
+            )
+        status = jobs.batch_status(run.state)
+        result = batch.read_result(job_id) if status == "completed" else None
         config = batch.BatchCompleteConfig(**(run.parameters.get("config") or {}))
         return GetBatchCompletionResponse(
             job=BatchCompletionsJob(
@@ -294,7 +292,7 @@ class Completion:
                 output_data_path=result.output_data_path
                 if result
                 else (config.output_data_path or batch.default_output(job_id)),
-                status=BATCH_STATUS.get(state, "unknown"),
+                status=status,
                 created_at=run.created.isoformat() if run.created else "",
                 completed_at=run.end_time.isoformat() if run.end_time else None,
                 num_inputs=result.inputs if result else None,
@@ -306,22 +304,8 @@ class Completion:
     def cancel_batch_completion(cls, job_id: str) -> CancelBatchCompletionResponse:
         """Stop a batch job; it writes no results. False when it has already ended."""
         from loraflow import batch
-        from loraflow.orchestration import cancel_job_run, find_job_run, prefect_client
+        from loraflow.jobs import cancel_job_run, find_job_run, prefect_client
 
         with prefect_client() as client:
             run = find_job_run(client, batch.JOB_IDS.check(job_id), batch.TAG, "batch completion")
             return CancelBatchCompletionResponse(success=cancel_job_run(client, run))
-
-
-# Prefect state types -> LLM Engine's batch job statuses.
-BATCH_STATUS: dict[str, BatchStatus] = {
-    "SCHEDULED": "queued",
-    "PENDING": "queued",
-    "PAUSED": "queued",
-    "RUNNING": "running",
-    "COMPLETED": "completed",
-    "FAILED": "failed",
-    "CRASHED": "failed",
-    "CANCELLING": "cancelled",
-    "CANCELLED": "cancelled",
-}

@@ -7,21 +7,19 @@ id, so every job is visible (and cancellable) in the Prefect UI too.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
+from loraflow import jobs
 from loraflow.errors import LoraflowError
 from loraflow.fine_tuning import (
-    DEPLOYMENT,
+    FLOW_NAME,
     JOB_IDS,
-    STATUS,
     TAG,
-    TERMINAL,
     FineTuneRequest,
     check_request,
     model_name,
 )
-from loraflow.orchestration import cancel_job_run, find_job_run, prefect_client, start_job
+from loraflow.jobs import cancel_job_run, find_job_run, prefect_client, start_job
 from loraflow.sdk.types import (
     CancelFineTuneResponse,
     CreateFineTuneResponse,
@@ -34,7 +32,7 @@ from loraflow.sdk.types import (
 LOG_PAGE = 200
 
 
-class FineTuneTimeoutError(LoraflowError, TimeoutError):
+class FineTuneTimeoutError(jobs.JobTimeoutError):
     """``FineTune.wait`` ran out of time; the job goes on."""
 
 
@@ -47,18 +45,17 @@ def _run(client: Any, job_id: str) -> Any:
 
 
 def _response(run: Any) -> GetFineTuneResponse:
-    state = run.state.type.value if run.state else "PENDING"
     config = run.parameters.get("config") or {}
     return GetFineTuneResponse(
         id=run.name,
         fine_tuned_model=config.get("fine_tuned_model"),
-        status=STATUS.get(state, "PENDING"),
+        status=jobs.fine_tune_status(run.state),
     )
 
 
 def _state_message(state: Any) -> str:
     """``status: RUNNING (Running)``, plus Prefect's message when it has one."""
-    text = f"status: {STATUS.get(state.type.value, 'PENDING')} ({state.name})"
+    text = f"status: {jobs.fine_tune_status(state)} ({state.name})"
     return f"{text}: {state.message}" if state.message else text
 
 
@@ -92,7 +89,7 @@ class FineTune:
         checked = check_request(request)
         request.fine_tuned_model = model_name(checked.spec.name, suffix)
         job_id = JOB_IDS.new()
-        start_job(DEPLOYMENT, {"config": request.model_dump()}, job_id, TAG)
+        start_job(FLOW_NAME, {"config": request.model_dump()}, job_id, TAG)
         return CreateFineTuneResponse(id=job_id)
 
     @classmethod
@@ -160,18 +157,16 @@ class FineTune:
         Polls after 0.2 s, then 10 % longer each time, at most 60 s apart. Raises
         FineTuneTimeoutError after ``timeout`` seconds (the job goes on).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.2
-        while True:
-            job = cls.get(fine_tune_id)
-            if job.status in TERMINAL:
-                return job
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise FineTuneTimeoutError(
-                    f"{fine_tune_id} is still {job.status} after {timeout} s"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.1, 60.0)
+        last: list[GetFineTuneResponse] = []
+
+        def check() -> GetFineTuneResponse | None:
+            last[:] = [cls.get(fine_tune_id)]
+            return last[0] if last[0].status in jobs.ENDED else None
+
+        try:
+            return jobs.poll(check, timeout, lambda: f"{fine_tune_id} is still {last[0].status}")
+        except jobs.JobTimeoutError as exc:
+            raise FineTuneTimeoutError(str(exc)) from None
 
     @classmethod
     def resume(cls, fine_tune_id: str) -> GetFineTuneResponse:

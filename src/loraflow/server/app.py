@@ -11,24 +11,15 @@ import base64
 import binascii
 import contextlib
 import hmac
-import logging
-import uuid
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraflow import __version__
-from loraflow.errors import (
-    DataValidationError,
-    InvalidRequestError,
-    LoraflowError,
-    NotFoundError,
-)
+from loraflow.errors import LoraflowError
+from loraflow.server import llmengine, openai_api
+from loraflow.server.errors import PayloadTooLarge, Unauthorized, error_response, install_errors
 
-log = logging.getLogger("loraflow.server")
 UPLOAD_PATHS = ("/v1/files",)
 
 
@@ -58,81 +49,6 @@ class ApiKeys:
                 ok |= hmac.compare_digest(candidate.encode(), key)
         if not ok:
             raise Unauthorized()
-
-
-class Unauthorized(LoraflowError):
-    pass
-
-
-class PayloadTooLarge(LoraflowError):
-    pass
-
-
-def status_of(exc: Exception) -> int:
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, PayloadTooLarge):
-        return 413
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, InvalidRequestError | DataValidationError):
-        return 400
-    if isinstance(exc, TimeoutError):
-        return 504
-    return 500
-
-
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-def install_errors(app: FastAPI) -> None:
-    """Map every error to ``{"detail": ...}`` with the status LLM Engine's client expects."""
-
-    @app.exception_handler(LoraflowError)
-    async def _loraflow(request: Request, exc: LoraflowError) -> JSONResponse:
-        status = status_of(exc)
-        if status == 401:
-            return _error(
-                401,
-                "missing or wrong API key: send it as x-api-key, HTTP Basic username or Bearer",
-                {"WWW-Authenticate": 'Basic realm="loraflow", Bearer'},
-            )
-        if status == 413:
-            return _error(413, str(exc))
-        if status >= 500:
-            return _internal(exc)
-        return _error(status, str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, describe_validation(exc.errors()))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return _internal(exc)
-
-
-def _internal(exc: BaseException) -> JSONResponse:
-    ref = uuid.uuid4().hex[:12]
-    log.error("internal error %s: %s", ref, exc, exc_info=exc)
-    return _error(500, f"internal error (reference {ref}); the server log has the cause")
-
-
-def describe_validation(errors: Any) -> str:
-    """The first body/query problem as ``field: message``."""
-    if not errors:
-        return "invalid request"
-    error = errors[0]
-    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query")]
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if error.get("type") == "json_invalid":
-        return f"the body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
-    return f"{'.'.join(loc) or 'body'}: {message}"
 
 
 class BodyLimit:
@@ -183,7 +99,7 @@ class BodyLimit:
         return f"the file is larger than the limit of {self.limit:,} bytes (max_upload_bytes)"
 
     async def _reject(self, send: Any) -> None:
-        response = _error(413, self._message())
+        response = error_response(413, self._message())
         await send(
             {
                 "type": "http.response.start",
@@ -199,7 +115,6 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
 
     ``api_keys`` must not be empty: every route but the health checks needs one of them.
     """
-    from loraflow.server import llmengine, openai_api
     from loraflow.settings import get_settings
 
     if not api_keys:

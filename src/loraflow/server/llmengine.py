@@ -6,6 +6,7 @@ thread pool); completions go through the engine's scheduler, batched with other 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,13 +18,14 @@ from starlette.concurrency import run_in_threadpool
 
 from loraflow import completion
 from loraflow.aio import iterate_in_thread
-from loraflow.errors import InvalidRequestError, LoraflowError
+from loraflow.errors import InvalidRequestError
 from loraflow.sdk import Completion, FineTune, Model
 from loraflow.sdk import File as Files
-from loraflow.sdk.types import CompletionStreamResponse, StreamError, StreamErrorContent
-from loraflow.server.app import status_of
+from loraflow.server.errors import message_of, status_of
+from loraflow.types import CompletionStreamResponse, StreamError, StreamErrorContent
 
 router = APIRouter()
+log = logging.getLogger("loraflow.server")
 
 
 # ---- files -------------------------------------------------------------------------------
@@ -230,13 +232,14 @@ async def _sse(chunks: Any) -> Any:
             request_id = chunk.request_id
             yield {"data": chunk.model_dump_json(exclude_none=False)}
     except Exception as exc:  # after the stream started: an error chunk, as LLM Engine does
+        log.error("completion stream failed: %s", exc, exc_info=exc)
         error = CompletionStreamResponse(
             request_id=request_id or str(uuid.uuid4()),
             output=None,
             error=StreamError(
                 status_code=status_of(exc),
                 content=StreamErrorContent(
-                    error=str(exc) if isinstance(exc, LoraflowError) else "internal error",
+                    error=message_of(exc),
                     timestamp=datetime.now(UTC).isoformat(),
                 ),
             ),

@@ -7,22 +7,25 @@ Temperature is limited to 0..1 like LLM Engine's (OpenAI allows up to 2).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import completion
 from loraflow.aio import iterate_in_thread
-from loraflow.errors import InvalidRequestError, LoraflowError
+from loraflow.errors import InvalidRequestError
 from loraflow.sdk import Model
+from loraflow.server.errors import message_of
 
 router = APIRouter()
+log = logging.getLogger("loraflow.server")
 
 
 class _Common(BaseModel):
@@ -205,7 +208,9 @@ def _chat_choice_delta(event: Any, first: bool) -> dict[str, Any]:
 
 
 def _stream(call: completion.Call, head: dict[str, Any], choice: Any, usage: bool = False) -> Any:
-    async def events() -> AsyncIterator[str]:
+    """Server-sent events of OpenAI's chunks; an error after the start is an error event."""
+
+    async def events() -> AsyncIterator[dict[str, str]]:
         seen: set[int] = set()
         tokens = 0
         try:
@@ -213,15 +218,16 @@ def _stream(call: completion.Call, head: dict[str, Any], choice: Any, usage: boo
                 body = head | {"choices": [choice(event, event.index not in seen)]}
                 seen.add(event.index)
                 tokens += 1
-                yield f"data: {json.dumps(body)}\n\n"
-        except LoraflowError as exc:
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'error'}})}\n\n"
+                yield {"data": json.dumps(body)}
+        except Exception as exc:
+            log.error("completion stream failed: %s", exc, exc_info=exc)
+            yield {"data": json.dumps({"error": {"message": message_of(exc), "type": "error"}})}
         if usage:
             totals = _usage(_prompt_tokens(call), tokens)
-            yield f"data: {json.dumps(head | {'choices': [], 'usage': totals})}\n\n"
-        yield "data: [DONE]\n\n"
+            yield {"data": json.dumps(head | {"choices": [], "usage": totals})}
+        yield {"data": "[DONE]"}
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return EventSourceResponse(events(), ping=15)
 
 
 class ModelCard(BaseModel):

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from loraflow.settings import Settings, get_settings
+from loraflow.settings import Settings, get_settings, on_reset
 from loraflow.storage.base import ObjectInfo, ObjectStore, check_key
 
 __all__ = ["ObjectInfo", "ObjectStore", "check_key", "get_store", "open_store"]
@@ -34,3 +34,6 @@ def open_store(settings: Settings) -> ObjectStore:
 def get_store() -> ObjectStore:
     """The process-wide store built from ``get_settings()``."""
     return open_store(get_settings())
+
+
+on_reset(get_store.cache_clear)

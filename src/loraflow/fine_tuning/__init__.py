@@ -8,37 +8,20 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from loraflow.errors import InvalidRequestError
 from loraflow.files import FileRecord, FileRepository
+from loraflow.jobs import JobIds
 from loraflow.models.zoo import ModelSpec, resolve_model
-from loraflow.orchestration import JobIds
 from loraflow.training.hyperparameters import Hyperparameters, parse_hyperparameters
 
 JOB_IDS = JobIds("ft", "fine-tune")
 SUFFIX = re.compile(r"^[A-Za-z0-9-]{1,28}$")
 TAG = "loraflow-fine-tune"
 FLOW_NAME = "fine-tune"
-DEPLOYMENT_NAME = "loraflow"  # what `loraflow worker` serves each flow as
-DEPLOYMENT = f"{FLOW_NAME}/{DEPLOYMENT_NAME}"  # the deployment FineTune.create starts runs of
-Status = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
-
-# Prefect state types -> LLM Engine's BatchJobStatus (the only values its client accepts).
-STATUS: dict[str, Status] = {
-    "SCHEDULED": "PENDING",
-    "PENDING": "PENDING",
-    "PAUSED": "PENDING",
-    "RUNNING": "RUNNING",
-    "COMPLETED": "SUCCESS",
-    "FAILED": "FAILURE",
-    "CRASHED": "FAILURE",
-    "CANCELLING": "CANCELLED",
-    "CANCELLED": "CANCELLED",
-}
-TERMINAL = {"SUCCESS", "FAILURE", "CANCELLED"}
 
 
 class FineTuneRequest(BaseModel):

@@ -15,11 +15,11 @@ from rich.table import Column, Table
 
 from flows.fine_tune import fine_tune
 from flows.ingest import IngestConfig, ingest
-from loraflow.cli import ID_COLUMN
+from loraflow.cli._app import ID_COLUMN
 from loraflow.data import validate
 from loraflow.data.sources import resolve_source
 from loraflow.fine_tuning import FineTuneRequest
-from loraflow.orchestration import prefect_api
+from loraflow.jobs import prefect_api
 from loraflow.settings import get_settings
 
 BASE = "smollm2-135m-instruct"

@@ -1,4 +1,10 @@
-"""Commands of orchestration: the local stack (up, down, status), deployments, retraining."""
+"""The ``loraflow`` command: the library's client commands plus the ops edge.
+
+The library's CLI (``loraflow.cli``: files, fine-tunes, models, complete, batch, serve) is a
+client of the SDK. Here, at the edge, it gains the commands that run loraflow's own machinery:
+the local stack (``up``, ``down``, ``status``), ``deploy``, ``worker``, ``retrain``,
+``promote`` and ``demo``. The ``loraflow`` console script is ``main`` below.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from loraflow.cli._app import app, err, handle_errors, out, prefect
+from loraflow.cli import app
+from loraflow.cli._app import err, handle_errors, out, prefect
 
 
 @app.command()
@@ -108,11 +115,12 @@ def retrain(
     With --wait (always with --local) the exit code is 0 when a model was promoted or nothing
     changed, 3 when the candidate failed the promotion gate, 1 when the run failed.
     """
+    from loraflow import jobs
     from loraflow.retraining import check_config, merge, overrides_from
 
     overrides = overrides_from(assignments or []) | ({"force": True} if force else {})
     if local:
-        from deployments.build import read_yaml
+        from loraflow.settings import read_yaml
 
         path = config or _default_retrain_config()
         base = merge(read_yaml(path) if path else {}, overrides)
@@ -126,8 +134,8 @@ def retrain(
         if not wait:
             return
         try:
-            run = retraining.wait(run.id, timeout)
-        except TimeoutError as exc:
+            run = jobs.wait_run(run.id, timeout)
+        except jobs.JobTimeoutError as exc:
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
     _exit_with(run.name, run.state.name, run.state.type.value, run.state.message)
@@ -194,10 +202,71 @@ def _ui(flow_run_id: Any) -> str:
 def _stack() -> Any:
     """This home's stack, its worker serving the work pool configs/deployments.yaml names."""
     from deployments.build import load
-    from loraflow.stack import Stack
+    from deployments.stack import Stack
 
     return Stack(pool=load().work_pool)
 
 
 def _say(line: str) -> None:
     out.print(line, highlight=False)
+
+
+@app.command()
+@handle_errors
+def worker(
+    limit: Annotated[int, typer.Option(help="Flow runs at once.")] = 1,
+    poll: Annotated[float, typer.Option(help="Seconds between polls for new runs.")] = 2.0,
+) -> None:
+    """Serve loraflow's deployments here: runs fine-tunes that FineTune.create starts."""
+    from deployments.local import serve
+
+    with prefect():
+        serve(limit=limit, poll_seconds=poll)
+
+
+@app.command()
+@handle_errors
+def demo() -> None:
+    """Run the pipeline on the bundled dataset with the embedded defaults."""
+    from deployments.demo import run
+
+    run(out)
+
+
+@app.command()
+@handle_errors
+def promote(
+    model: Annotated[str, typer.Argument(help="Candidate: fine-tune name or NAME/VERSION.")],
+    validation_file: Annotated[str, typer.Option(help="file-… id of rows to score on.")],
+    metric: Annotated[str, typer.Option(help="eval_loss, exact_match or rouge_l.")] = "eval_loss",
+    min_improvement: Annotated[float, typer.Option(help="Margin to win by.")] = 0.0,
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+) -> None:
+    """Score a fine-tune beside the champion and move the alias if it wins (a flow run)."""
+    from pydantic import ValidationError
+
+    from flows.promote import PromoteConfig, promote
+    from loraflow.completion import first_error
+    from loraflow.errors import InvalidRequestError
+
+    try:
+        config = PromoteConfig(
+            model=model,
+            validation_file=validation_file,
+            metric=metric,  # type: ignore[arg-type]
+            min_improvement=min_improvement,
+            alias=alias,
+        )
+    except ValidationError as exc:
+        raise InvalidRequestError(first_error(exc)) from None
+    with prefect():
+        decision = promote(config)
+    out.print(decision.to_markdown(), highlight=False, markup=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

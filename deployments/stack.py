@@ -16,7 +16,6 @@ Nothing else needs the stack: without it loraflow uses the embedded defaults.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loraflow import jobs, pidfile
 from loraflow.errors import LoraflowError
 from loraflow.settings import DEFAULT_CONFIG_FILE, Settings, get_settings
 
@@ -39,6 +39,8 @@ STOP_SECONDS = 40.0  # a worker gives its flow runs 30 s to end after SIGTERM
 
 class StackError(LoraflowError):
     """A stack service could not start or stop; the message says which and why."""
+
+    status = 500
 
 
 @dataclass
@@ -170,10 +172,6 @@ class Stack:
             for s in self.services()
         ]
 
-    def running_api_url(self) -> str | None:
-        """The Prefect API of this home's stack when its server is running, else None."""
-        return self.api_url if self._process("prefect") is not None else None
-
     # -- processes ---------------------------------------------------------------------------
 
     def _start(self, service: Service) -> None:
@@ -194,24 +192,27 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: down stops its children too
             )
-        record = {"pid": proc.pid, "started": _create_time(proc.pid), "command": service.command}
-        self._pid_file(service.name).write_text(json.dumps(record))
+        # the Prefect server's record names its API: loraflow finds the stack's server by it
+        url = self.api_url if service.name == "prefect" else service.url
+        pidfile.write(self._pid_file(service.name), proc.pid, command=service.command, url=url)
 
     def _wait_healthy(self, service: Service) -> None:
-        deadline = time.monotonic() + self.settings.stack.start_timeout
-        while time.monotonic() < deadline:
+        def check() -> bool | None:
             if self._process(service.name) is None:
                 raise StackError(
                     f"{service.name} exited while starting; the end of "
                     f"{self._log(service.name)}:\n{self._tail(service.name)}"
                 )
-            if self._healthy(service):
-                return
-            time.sleep(0.5)
-        raise StackError(
-            f"{service.name} was not healthy within {self.settings.stack.start_timeout:.0f} s; "
-            f"the end of {self._log(service.name)}:\n{self._tail(service.name)}"
-        )
+            return True if self._healthy(service) else None
+
+        try:
+            jobs.poll(check, self.settings.stack.start_timeout, lambda: service.name)
+        except jobs.JobTimeoutError:
+            raise StackError(
+                f"{service.name} was not healthy within "
+                f"{self.settings.stack.start_timeout:.0f} s; the end of "
+                f"{self._log(service.name)}:\n{self._tail(service.name)}"
+            ) from None
 
     def _healthy(self, service: Service) -> bool:
         if service.ready is not None:
@@ -238,18 +239,7 @@ class Stack:
 
     def _process(self, name: str) -> Any:
         """The live process of ``name`` that ``up`` started, or None (a stale file is removed)."""
-        import psutil
-
-        path = self._pid_file(name)
-        try:
-            record = json.loads(path.read_text())
-            proc = psutil.Process(record["pid"])
-            if proc.create_time() == record["started"] and proc.status() != psutil.STATUS_ZOMBIE:
-                return proc
-        except (OSError, ValueError, KeyError, psutil.Error):
-            pass
-        path.unlink(missing_ok=True)
-        return None
+        return pidfile.process(self._pid_file(name))
 
     def _stop(self, name: str) -> bool:
         """Stop ``name``'s process group: SIGTERM, then SIGKILL after STOP_SECONDS."""
@@ -272,7 +262,7 @@ class Stack:
     # -- files and environment ---------------------------------------------------------------
 
     def _pid_file(self, name: str) -> Path:
-        return self.dir / f"{name}.pid"
+        return self.dir / f"{name}.pid"  # prefect's is jobs.STACK_PREFECT_PID
 
     def _log(self, name: str) -> Path:
         return self.dir / f"{name}.log"
@@ -325,9 +315,3 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
-
-
-def _create_time(pid: int) -> float:
-    import psutil
-
-    return psutil.Process(pid).create_time()

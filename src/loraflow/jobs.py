@@ -1,0 +1,282 @@
+"""Jobs: loraflow's long-running work (fine-tunes, batches, retrains) as Prefect flow runs.
+
+One place for everything the SDK, the CLI and the flows need of them: which Prefect API to
+talk to, job ids, starting, finding and cancelling a job's run, the Prefect state -> status
+maps of LLM Engine's client, and one ``poll`` with the backoff of aiXplain's ``sync_poll``.
+Prefect itself is imported only inside the functions that talk to it.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError, UnavailableError
+from loraflow.settings import Settings, get_settings
+from loraflow.types import BatchStatus, FineTuneStatus
+
+# The global concurrency limit every training holds one slot of: one device, one fine-tune.
+DEVICE_LIMIT = "loraflow-device"
+DEPLOYMENT_NAME = "loraflow"  # every flow is deployed as ``<flow>/loraflow``
+STACK_PREFECT_PID = "stack/prefect.pid"  # under the home; `loraflow up` writes it
+
+T = TypeVar("T")
+
+# The backoff of aiXplain's sync_poll: first wait, growth per poll, longest wait (seconds).
+FIRST_WAIT, GROWTH, LONGEST_WAIT = 0.2, 1.1, 60.0
+
+
+class JobTimeoutError(LoraflowError, TimeoutError):
+    """Waiting ran out of time; the job itself goes on."""
+
+    status = 504
+
+
+# -- which Prefect API ---------------------------------------------------------------------
+
+
+@contextmanager
+def prefect_api(settings: Settings | None = None) -> Iterator[None]:
+    """Within this block Prefect talks to ``settings.prefect_api_url`` when it is set.
+
+    Unset, Prefect's own configuration applies (PREFECT_API_URL, profiles); failing that, the
+    server of this home's stack when ``loraflow up`` runs it; else Prefect's ephemeral API.
+    Entry points (the CLI, ``python -m flows.…``) wrap their work in it.
+    """
+    settings = settings or get_settings()
+    url = settings.prefect_api_url or _stack_api_url(settings)
+    if not url:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+def _stack_api_url(settings: Settings) -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return None
+    return stack_api_url(settings)
+
+
+def stack_api_url(settings: Settings) -> str | None:
+    """The Prefect API of this home's stack while its server runs, else None."""
+    from loraflow import pidfile
+
+    record = pidfile.read(settings.home / STACK_PREFECT_PID)
+    return None if record is None else record.get("url")
+
+
+def prefect_client() -> Any:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+# -- ids -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobIds:
+    """Ids of one kind of job: ``<prefix>-`` and 20 lowercase letters or digits."""
+
+    prefix: str
+    kind: str  # how messages name the job: "fine-tune", "batch"
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(rf"^{re.escape(self.prefix)}-[a-z0-9]{{20}}$")
+
+    def new(self) -> str:
+        alphabet = string.ascii_lowercase + string.digits
+        return f"{self.prefix}-" + "".join(secrets.choice(alphabet) for _ in range(20))
+
+    def check(self, job_id: str) -> str:
+        """``job_id`` itself; InvalidRequestError when it is not one of these ids."""
+        if not isinstance(job_id, str) or not self.pattern.match(job_id):
+            raise InvalidRequestError(
+                f"{job_id!r} is not a {self.kind} job id; ids look like '{self.prefix}-' "
+                "and 20 letters or digits"
+            )
+        return job_id
+
+
+def job_identity(ids: JobIds, tag: str) -> str:
+    """The job id of the running flow run: its name when a job API started it, else a new
+    id that the run takes as its name (with ``tag``), so the job API finds it too."""
+    from prefect.runtime import flow_run
+
+    name = str(flow_run.name or "")
+    if ids.pattern.match(name):
+        return name
+    job_id = ids.new()
+    with prefect_client() as client:
+        run = client.read_flow_run(flow_run.id)
+        client.update_flow_run(flow_run.id, name=job_id, tags=sorted({*run.tags, tag}))
+    return job_id
+
+
+# -- start, find, cancel -------------------------------------------------------------------
+
+
+def read_deployment(client: Any, name: str) -> Any:
+    """The deployment ``flow/name``; LoraflowError saying how to get one when it is missing."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        raise UnavailableError(
+            f"no {name} deployment on the Prefect API at {client.api_url}: `make up` registers "
+            "it and starts a worker (or `loraflow deploy` and a worker; or `loraflow worker`)"
+        ) from None
+
+
+Parameters = dict[str, Any]
+
+
+def start_job(
+    flow_name: str,
+    parameters: Parameters | Callable[[Parameters], Parameters],
+    name: str | None,
+    tag: str,
+) -> Any:
+    """Start a run of ``flow_name``'s deployment (named ``name``, tagged ``tag``); a worker
+    picks it up. ``parameters`` may be a function of the deployment's own parameters. Never
+    waits; returns the flow run."""
+    with prefect_client() as client:
+        found = read_deployment(client, f"{flow_name}/{DEPLOYMENT_NAME}")
+        if callable(parameters):
+            parameters = parameters(found.parameters or {})
+        return client.create_flow_run_from_deployment(
+            found.id, parameters=parameters, name=name, tags=[tag]
+        )
+
+
+def find_job_run(client: Any, job_id: str, tag: str, kind: str) -> Any:
+    """The flow run of job ``job_id``; raises NotFoundError naming the ``kind`` of job."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterTags
+
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[job_id]), tags=FlowRunFilterTags(all_=[tag])
+        ),
+        limit=1,
+    )
+    if not runs:
+        raise NotFoundError(f"The specified {kind} job could not be found: {job_id}")
+    return runs[0]
+
+
+def cancel_job_run(client: Any, run: Any) -> bool:
+    """Ask a job's run to stop: one still waiting is cancelled outright, a running one is
+    sent to CANCELLING (its worker stops it). False when it has already ended."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Cancelling
+
+    state = run.state
+    if state is not None and (state.is_final() or state.type == StateType.CANCELLING):
+        return False
+    waiting = state is None or state.type in {
+        StateType.SCHEDULED,
+        StateType.PENDING,
+        StateType.PAUSED,
+    }
+    new = Cancelled(message="cancelled before it started") if waiting else Cancelling()
+    client.set_flow_run_state(run.id, new, force=True)
+    return True
+
+
+def is_cancelling(flow_run_id: Any) -> bool:
+    """Whether someone asked Prefect to cancel this run (covers runs not under a runner)."""
+    from prefect.client.schemas.objects import StateType
+
+    with prefect_client() as client:
+        state = client.read_flow_run(flow_run_id).state
+    return state is not None and state.type in {StateType.CANCELLING, StateType.CANCELLED}
+
+
+# -- statuses ------------------------------------------------------------------------------
+
+
+def fine_tune_status(state: Any) -> FineTuneStatus:
+    """A Prefect state as LLM Engine's fine-tune status (waiting states are PENDING)."""
+    from prefect.client.schemas.objects import StateType as S
+
+    statuses: dict[Any, FineTuneStatus] = {
+        S.RUNNING: "RUNNING",
+        S.COMPLETED: "SUCCESS",
+        S.FAILED: "FAILURE",
+        S.CRASHED: "FAILURE",
+        S.CANCELLING: "CANCELLED",
+        S.CANCELLED: "CANCELLED",
+    }
+    return "PENDING" if state is None else statuses.get(state.type, "PENDING")
+
+
+def batch_status(state: Any) -> BatchStatus:
+    """A Prefect state as LLM Engine's batch job status."""
+    return {  # type: ignore[return-value]
+        "PENDING": "queued",
+        "RUNNING": "running",
+        "SUCCESS": "completed",
+        "FAILURE": "failed",
+        "CANCELLED": "cancelled",
+    }[fine_tune_status(state)]
+
+
+ENDED: frozenset[FineTuneStatus] = frozenset({"SUCCESS", "FAILURE", "CANCELLED"})
+
+
+def ended(state: Any) -> bool:
+    """Whether a run is done for a caller waiting on it: final, or being cancelled."""
+    return fine_tune_status(state) in ENDED
+
+
+# -- waiting -------------------------------------------------------------------------------
+
+
+def poll(
+    check: Callable[[], T | None],
+    timeout: float | None,
+    describe: Callable[[], str],
+    first: float = FIRST_WAIT,
+) -> T:
+    """Call ``check`` until it returns something other than None, and return that.
+
+    Waits ``first`` seconds (at least 0.2) after the first call, then 10 % longer each time,
+    at most 60 s apart: aiXplain's ``sync_poll``. Raises JobTimeoutError with ``describe()``
+    when the next wait would end after ``timeout`` seconds.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = max(first, FIRST_WAIT)
+    while True:
+        found = check()
+        if found is not None:
+            return found
+        if deadline is not None and time.monotonic() + delay > deadline:
+            raise JobTimeoutError(f"{describe()} after {timeout} s")
+        time.sleep(delay)
+        delay = min(delay * GROWTH, LONGEST_WAIT)
+
+
+def wait_run(flow_run_id: Any, timeout: float | None = None) -> Any:
+    """Poll a flow run until it ends (see ``ended``); the final run. JobTimeoutError."""
+    last: list[Any] = []
+
+    def check() -> Any:
+        with prefect_client() as client:
+            run = client.read_flow_run(flow_run_id)
+        last[:] = [run]
+        return run if ended(run.state) else None
+
+    return poll(check, timeout, lambda: f"run {last[0].name} is still {last[0].state_name}")

@@ -1,0 +1,230 @@
+"""The wire types: LLM Engine's request settings and response models, with its field names.
+
+The core returns them, the SDK hands them out (``loraflow.sdk.types`` re-exports them) and the
+HTTP service sends them, so the published ``scale-llm-engine`` client parses them unchanged.
+Fields beyond the client's are optional extras it ignores. Only pydantic is imported here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+__all__ = [
+    "BatchCompletionsJob",
+    "BatchStatus",
+    "CancelBatchCompletionResponse",
+    "CancelFineTuneResponse",
+    "CompletionOutput",
+    "CompletionStreamOutput",
+    "CompletionStreamResponse",
+    "CompletionSyncResponse",
+    "CreateBatchCompletionsResponse",
+    "CreateFineTuneResponse",
+    "DeleteFileResponse",
+    "DeleteLLMEndpointResponse",
+    "FineTuneStatus",
+    "GenerateOutput",
+    "GenerationStatistics",
+    "GetBatchCompletionResponse",
+    "GetFileContentResponse",
+    "GetFileResponse",
+    "GetFineTuneEventsResponse",
+    "GetFineTuneResponse",
+    "GetLLMEndpointResponse",
+    "LLMFineTuneEvent",
+    "ListFilesResponse",
+    "ListFineTunesResponse",
+    "ListLLMEndpointsResponse",
+    "ModelDownloadResponse",
+    "ModelStatus",
+    "StreamError",
+    "StreamErrorContent",
+    "TokenOutput",
+    "UploadFileResponse",
+]
+
+
+class UploadFileResponse(BaseModel):
+    id: str
+
+
+class GetFileResponse(BaseModel):
+    id: str
+    filename: str
+    size: int
+    sha256: str | None = None
+    rows: int | None = None
+    created_at: datetime | None = None
+
+
+class ListFilesResponse(BaseModel):
+    files: list[GetFileResponse]
+
+
+class GetFileContentResponse(BaseModel):
+    id: str
+    content: str
+
+
+class DeleteFileResponse(BaseModel):
+    deleted: bool
+
+
+FineTuneStatus = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
+BatchStatus = Literal["queued", "running", "completed", "failed", "cancelled", "unknown"]
+
+
+class CreateFineTuneResponse(BaseModel):
+    id: str
+
+
+class GetFineTuneResponse(BaseModel):
+    id: str
+    fine_tuned_model: str | None = None
+    status: FineTuneStatus
+
+
+class ListFineTunesResponse(BaseModel):
+    jobs: list[GetFineTuneResponse]
+
+
+class CancelFineTuneResponse(BaseModel):
+    success: bool
+
+
+class LLMFineTuneEvent(BaseModel):
+    timestamp: float | None = None
+    message: str
+    level: str
+
+
+class GetFineTuneEventsResponse(BaseModel):
+    events: list[LLMFineTuneEvent]
+
+
+class TokenOutput(BaseModel):
+    """One generated token: its text (what it adds to the output) and its log probability."""
+
+    token: str
+    log_prob: float
+
+
+class CompletionOutput(BaseModel):
+    text: str
+    num_prompt_tokens: int | None = None
+    num_completion_tokens: int
+    tokens: list[TokenOutput] | None = None
+    finish_reason: str | None = None  # stop | length; beyond LLM Engine's fields
+
+
+class CompletionSyncResponse(BaseModel):
+    request_id: str
+    output: CompletionOutput
+
+
+class CompletionStreamOutput(BaseModel):
+    text: str
+    finished: bool
+    num_prompt_tokens: int | None = None
+    num_completion_tokens: int | None = None
+    token: TokenOutput | None = None
+    finish_reason: str | None = None
+
+
+class StreamErrorContent(BaseModel):
+    error: str
+    timestamp: str
+
+
+class StreamError(BaseModel):
+    status_code: int
+    content: StreamErrorContent
+
+
+class CompletionStreamResponse(BaseModel):
+    request_id: str
+    output: CompletionStreamOutput | None = None
+    error: StreamError | None = None
+
+
+class GenerationStatistics(BaseModel):
+    input_tokens: list[int]
+    output_tokens: list[int]
+
+
+class GenerateOutput(BaseModel):
+    """Every generation for one input of ``Completion.generate``, with token statistics."""
+
+    generations: list[str]
+    outputs: list[CompletionOutput]
+    statistics: GenerationStatistics
+
+
+ModelStatus = Literal[
+    "READY", "UPDATE_PENDING", "UPDATE_IN_PROGRESS", "UPDATE_FAILED", "DELETE_IN_PROGRESS"
+]
+
+
+class GetLLMEndpointResponse(BaseModel):
+    """A served model, with LLM Engine's endpoint fields plus loraflow's lineage."""
+
+    id: str
+    name: str
+    model_name: str
+    source: Literal["hugging_face"] = "hugging_face"
+    status: ModelStatus = "READY"
+    # LLM Engine's client accepts five frameworks only; this is the nearest to ours
+    # (transformers + peft in process), and what production serving behind vLLM would say.
+    inference_framework: Literal["text_generation_inference", "vllm"] = "text_generation_inference"
+    inference_framework_tag: str | None = None
+    num_shards: int = 1
+    quantize: str | None = None
+    chat_template_override: str | None = None
+    # loraflow's own fields; LLM Engine's client ignores them
+    base_model: str
+    fine_tuned: bool
+    created_at: datetime | None = None
+    job_id: str | None = None
+    registered_model: str | None = None
+    version: int | None = None
+    aliases: list[str] = []
+    metrics: dict[str, float] = {}
+
+
+class ListLLMEndpointsResponse(BaseModel):
+    model_endpoints: list[GetLLMEndpointResponse]
+
+
+class DeleteLLMEndpointResponse(BaseModel):
+    deleted: bool
+
+
+class ModelDownloadResponse(BaseModel):
+    urls: dict[str, str]
+
+
+class CreateBatchCompletionsResponse(BaseModel):
+    job_id: str
+
+
+class BatchCompletionsJob(BaseModel):
+    job_id: str
+    model: str
+    input_data_path: str
+    output_data_path: str
+    status: BatchStatus
+    created_at: str
+    completed_at: str | None = None
+    num_inputs: int | None = None  # set once completed
+    num_completion_tokens: int | None = None
+
+
+class GetBatchCompletionResponse(BaseModel):
+    job: BatchCompletionsJob
+
+
+class CancelBatchCompletionResponse(BaseModel):
+    success: bool
