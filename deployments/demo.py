@@ -16,8 +16,6 @@ from rich.table import Column, Table
 from flows.fine_tune import fine_tune
 from flows.ingest import IngestConfig, ingest
 from loraflow.cli._app import ID_COLUMN
-from loraflow.data import validate
-from loraflow.data.sources import resolve_source
 from loraflow.fine_tuning import FineTuneRequest
 from loraflow.jobs import prefect_api
 from loraflow.settings import get_settings
@@ -57,10 +55,13 @@ def run(console: Console | None = None) -> None:
     started = time.monotonic()
     console.rule("[bold]loraflow demo")
     console.print(f"home {settings.home}   storage {settings.storage_url}")
-    config = IngestConfig()
-    console.print(validate(resolve_source(config.source)).report.describe())
     with prefect_api(settings):
-        stored = ingest(config)
+        stored = ingest(IngestConfig())
+        summary = stored.validation
+        if summary is not None:
+            console.print(
+                f"{summary.source}: valid, {summary.rows:,} rows, {summary.warnings} warning(s)"
+            )
         files = Table(ID_COLUMN, "role", "rows")
         files.add_row(stored.training_file, "training", str(stored.training_rows))
         files.add_row(stored.validation_file or "", "validation", str(stored.validation_rows))

@@ -70,7 +70,7 @@ class Stack:
 
     def __init__(self, settings: Settings | None = None, pool: str = "loraflow") -> None:
         self.settings = settings or get_settings()
-        self.dir = self.settings.home / "stack"
+        self.dir = self.settings.home / jobs.STACK_DIR
         self.pool = pool
 
     @property
@@ -262,7 +262,7 @@ class Stack:
     # -- files and environment ---------------------------------------------------------------
 
     def _pid_file(self, name: str) -> Path:
-        return self.dir / f"{name}.pid"  # prefect's is jobs.STACK_PREFECT_PID
+        return self.dir / f"{name}.pid"
 
     def _log(self, name: str) -> Path:
         return self.dir / f"{name}.log"

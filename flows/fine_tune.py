@@ -27,7 +27,8 @@ from tasks.registry import register_model
 
 @flow(name=FLOW_NAME, log_prints=True)
 def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
-    """Check the request, prepare the base model, train, register; CANCELLED if cancelled."""
+    """Check the request, prepare the base model, train, register; returns the ModelRecord,
+    or CANCELLED if cancelled."""
     from loraflow.training.loop import TrainingCancelled
 
     logger = get_run_logger()
@@ -41,10 +42,10 @@ def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
     logger.info(f"fine-tune {job_id}: {config.model} -> {config.fine_tuned_model}")
     prepare_base_model(config.model)
     try:
-        outcome = train_adapter(checked, job_id)
+        trained = train_adapter(checked, job_id)
     except TrainingCancelled as exc:
         logger.info(str(exc))
         return Cancelled(message=str(exc))
-    register_model(outcome.fine_tuned_model)
-    logger.info(f"fine-tune {job_id} succeeded: {outcome.fine_tuned_model}")
-    return outcome
+    record = register_model(trained)
+    logger.info(f"fine-tune {job_id} succeeded: {record.fine_tuned_model}")
+    return record

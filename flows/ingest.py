@@ -7,16 +7,14 @@ Run it from Python (``ingest(IngestConfig(source="data.csv"))``), as a deploymen
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraflow.data import ValidationSummary
 from loraflow.data.sources import resolve_source
-from loraflow.settings import ValidationConfig, get_settings
-from tasks.files import split_dataset, upload_file
-from tasks.validate import validate_dataset
+from loraflow.settings import ValidationConfig
+from tasks.files import ingest_dataset
 
 
 class IngestConfig(BaseModel):
@@ -45,40 +43,30 @@ class IngestResult(BaseModel):
     training_rows: int
     validation_rows: int
     sha256: str
+    validation: ValidationSummary | None = None  # of the whole dataset, before the split
 
 
 @flow(name="ingest", log_prints=True)
 def ingest(config: IngestConfig = IngestConfig()) -> IngestResult:  # noqa: B008
-    """Validate ``config.source``, split it if asked, store the parts; return their file ids."""
-    path = resolve_source(config.source)
-    validate_dataset(path, name=path.name, limits=config.limits)
-    if config.validation_fraction == 0:
-        record = upload_file(path, filename=path.name)
-        return IngestResult(
-            training_file=record.id,
-            validation_file=None,
-            training_rows=record.rows,
-            validation_rows=0,
-            sha256=record.sha256,
-        )
-    work = get_settings().home / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work) as out_dir:
-        parts = split_dataset(
-            path, config.validation_fraction, config.seed, Path(out_dir), limits=config.limits
-        )
-        train = upload_file(parts.training)
-        val = upload_file(parts.validation)
+    """Validate ``config.source`` once, split it if asked, store the parts; their file ids."""
+    stored = ingest_dataset(
+        resolve_source(config.source), config.validation_fraction, config.seed, config.limits
+    )
     result = IngestResult(
-        training_file=train.id,
-        validation_file=val.id,
-        training_rows=train.rows,
-        validation_rows=val.rows,
-        sha256=train.sha256,
+        training_file=stored.training.id,
+        validation_file=stored.validation.id if stored.validation else None,
+        training_rows=stored.training.rows,
+        validation_rows=stored.validation.rows if stored.validation else 0,
+        sha256=stored.training.sha256,
+        validation=stored.report.summary(),
     )
     print(
-        f"stored {result.training_file} ({result.training_rows} rows) and "
-        f"{result.validation_file} ({result.validation_rows} rows)"
+        f"stored {result.training_file} ({result.training_rows} rows)"
+        + (
+            f" and {result.validation_file} ({result.validation_rows} rows)"
+            if stored.validation
+            else ""
+        )
     )
     return result
 

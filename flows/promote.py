@@ -30,9 +30,9 @@ def promote(config: PromoteConfig = PromoteConfig()) -> Decision:  # noqa: B008
 
     candidate = registry.resolve(config.model)
     record = registry.read_record(candidate)
-    if "registered_model" not in record:
+    if record.registered_model is None:
         raise InvalidRequestError(f"model: {candidate} is not in the registry; register it first")
-    champion = registry.alias_target(record["registered_model"], config.alias)
+    champion = registry.alias_target(record.registered_model, config.alias)
     logger = get_run_logger()
     logger.info(f"candidate {candidate}, {config.alias} {champion or '(none)'}")
     args = (config.validation_file, config.max_examples, config.max_new_tokens)

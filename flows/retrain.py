@@ -1,7 +1,7 @@
 """Flow: the end-to-end retrain pipeline that schedules and CI call.
 
-dataset → (skip if the champion learned from these bytes) → ingest → fine-tune → score beside
-the champion → promote if better. Each stage is a subflow, so the ingest, the fine-tune job
+dataset → (skip if a version was trained on the same recipe) → ingest → fine-tune → score
+beside the champion → promote if better. Each stage is a subflow, so the ingest, the fine-tune job
 and the promotion decision show in the Prefect UI on their own as well. The run ends in a
 COMPLETED state named by its outcome: Promoted, Unchanged or Rejected (see
 ``loraflow.retraining``).
@@ -40,8 +40,10 @@ from loraflow.retraining import (
 from tasks.retrain import (
     fetch_dataset,
     find_champion,
+    find_precedents,
+    fingerprint_recipe,
     publish_summary,
-    tag_dataset,
+    tag_lineage,
     work_dir,
 )
 
@@ -53,25 +55,29 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> Any:  # noqa: B008
     scratch = work_dir(str(flow_run.id or "local"))
     try:
         dataset = fetch_dataset(config.dataset, scratch)
+        recipe = fingerprint_recipe(config, dataset)
         champion = find_champion(family, config.gate.alias)
-        reason = unchanged_reason(dataset, champion, config.gate.alias)
-        if reason and champion and not config.force:
+        precedents = find_precedents(family, recipe, config.gate.alias)
+        reason = unchanged_reason(dataset, precedents, champion, config.gate.alias)
+        if reason and not config.force:
             return _finish(
                 RetrainResult(
                     outcome="unchanged",
                     reason=reason,
-                    champion=champion.model,
+                    champion=champion.model if champion else None,
                     **_about(family, dataset),
                 )
             )
         if reason:
             get_run_logger().info(f"forced to retrain: {reason}")
-        return _finish(_train_and_gate(config, family, dataset))
+        return _finish(_train_and_gate(config, family, dataset, recipe))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train_and_gate(config: RetrainConfig, family: str, dataset: Dataset) -> RetrainResult:
+def _train_and_gate(
+    config: RetrainConfig, family: str, dataset: Dataset, recipe: str
+) -> RetrainResult:
     """Ingest, fine-tune and score beside the champion, each a subflow; promote if better."""
     stored = ingest(
         IngestConfig(
@@ -87,7 +93,7 @@ def _train_and_gate(config: RetrainConfig, family: str, dataset: Dataset) -> Ret
             suffix=config.suffix,
         )
     )
-    tag_dataset(tuned.fine_tuned_model, dataset)
+    tag_lineage(tuned.fine_tuned_model, dataset, recipe)
     decision = promote(
         PromoteConfig(
             model=tuned.fine_tuned_model,

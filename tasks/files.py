@@ -1,46 +1,55 @@
-"""Tasks: split a dataset and store files in the object store."""
+"""Task: ingest a dataset (validate once, split, store) and show its report in the UI."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
 
-from loraflow.data import validate
-from loraflow.data.split import split_frame, write_dataset
-from loraflow.files import FileRecord, FileRepository
+from loraflow.errors import DataValidationError, StorageError
+from loraflow.files import FileRepository, Ingested
 from loraflow.settings import ValidationConfig, get_settings
+from tasks.validate import publish_report
 
 
-class SplitPaths(BaseModel):
-    training: Path
-    validation: Path
+def _storage_failed(task: Any, run: Any, state: Any) -> bool:
+    """Retry only what storage broke: bad data fails the same way every time."""
+    try:
+        state.result()
+    except StorageError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
-@task(name="split-dataset", tags=["loraflow", "data"])
-def split_dataset(
-    path: Path, fraction: float, seed: int, out_dir: Path, limits: ValidationConfig | None = None
-) -> SplitPaths:
-    """Write a seeded train/validation split of ``path`` into ``out_dir``."""
-    dataset = validate(path, config=limits or get_settings().validation).raise_for_errors()
-    train, val = split_frame(dataset.frame, fraction, seed)
-    stem = path.name.rsplit(".", 1)[0]
-    return SplitPaths(
-        training=write_dataset(train, out_dir / f"{stem}.train.csv"),
-        validation=write_dataset(val, out_dir / f"{stem}.validation.csv"),
-    )
-
-
-# Storage can fail transiently; a failed upload leaves nothing, so retrying is safe.
+# A failed store leaves nothing behind, so a retry is safe.
 @task(
-    name="upload-file",
-    tags=["loraflow", "storage"],
+    name="ingest-dataset",
+    tags=["loraflow", "data", "storage"],
     retries=3,
     retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=_storage_failed,
     cache_policy=NO_CACHE,
 )
-def upload_file(path: Path, filename: str | None = None) -> FileRecord:
-    """Validate and store ``path``; returns its record (id, sha256, rows...)."""
-    return FileRepository.from_settings().upload(path, filename=filename)
+def ingest_dataset(
+    path: Path, fraction: float, seed: int, limits: ValidationConfig | None = None
+) -> Ingested:
+    """Validate ``path`` once, split off ``fraction`` as validation and store the parts;
+    the report goes to the run's artifacts and log whether or not the data is valid."""
+    settings = get_settings()
+    repository = FileRepository.from_settings()
+    repository.validation = limits or settings.validation
+    logger = get_run_logger()
+    try:
+        stored = repository.ingest(path, fraction, seed)
+    except DataValidationError as exc:
+        publish_report(exc.report)
+        logger.error(str(exc))
+        raise
+    publish_report(stored.report)
+    for line in stored.report.describe().splitlines():
+        logger.info(line)
+    return stored

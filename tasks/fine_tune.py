@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from loraflow.fine_tuning import CheckedRequest
 from loraflow.jobs import DEVICE_LIMIT, is_cancelling
+from loraflow.registry import ModelRecord
 from tasks.validate import artifact_key
 
 LEVELS = {
@@ -172,7 +173,7 @@ def prepare_base_model(model: str) -> str:
 
 
 @task(name="train-adapter", tags=["loraflow", "training"], cache_policy=NO_CACHE)
-def train_adapter(checked: CheckedRequest, job_id: str) -> Any:
+def train_adapter(checked: CheckedRequest, job_id: str) -> ModelRecord:
     """Train the LoRA adapter; resumes from the job's last checkpoint if there is one."""
     from prefect.runtime import flow_run
 

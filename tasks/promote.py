@@ -16,14 +16,10 @@ from tasks.validate import artifact_key
 @task(name="score-model", tags=["loraflow", "evaluation"], cache_policy=NO_CACHE)
 def score_model(model: str, validation_file: str, max_examples: int, max_new_tokens: int) -> Scores:
     """Eval loss, exact match and ROUGE-L of ``model`` on a stored validation file."""
-    from loraflow.data import validate
     from loraflow.evaluation import score
     from loraflow.files import FileRepository
 
-    files = FileRepository.from_settings()
-    record = files.get(validation_file)
-    data = files.read_bytes(validation_file)
-    frame = validate(data, name=record.filename, config=files.validation).raise_for_errors().frame
+    frame = FileRepository.from_settings().rows(validation_file)
     scores = score(model, frame.head(max_examples), max_new_tokens)
     get_run_logger().info(f"{model}: {scores.model_dump()}")
     return scores

@@ -1,4 +1,5 @@
-"""Prefect tasks of the retrain pipeline: fetch the dataset, find the champion, mark lineage."""
+"""Prefect tasks of the retrain pipeline: fetch the dataset, fingerprint the recipe, find the
+champion and the versions trained on the same recipe, mark lineage."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from loraflow.retraining import Champion, Dataset
+from loraflow.registry import TAG_DATASET, TAG_DATASET_SHA256, TAG_MODEL, TAG_PROMOTION, TAG_RECIPE
+from loraflow.retraining import Champion, Dataset, Precedent, RetrainConfig, recipe_settings
 from loraflow.settings import get_settings
 from tasks.validate import artifact_key
-
-TAG_DATASET = "loraflow.dataset"
-TAG_DATASET_SHA256 = "loraflow.dataset_sha256"
 
 
 @task(name="fetch-dataset", tags=["loraflow", "data"], retries=2, retry_delay_seconds=5)
@@ -44,20 +43,53 @@ def find_champion(family: str, alias: str) -> Champion | None:
     tags = registry.version_tags(record)
     return Champion(
         model=name,
-        version=int(record["version"]),
+        version=int(record.version or 0),
         dataset=tags.get(TAG_DATASET),
         dataset_sha256=tags.get(TAG_DATASET_SHA256),
     )
 
 
-@task(name="tag-dataset", tags=["loraflow", "registry"], retries=2, cache_policy=NO_CACHE)
-def tag_dataset(model: str, dataset: Dataset) -> None:
-    """Record on ``model``'s registry version which dataset (location, sha256) it came from."""
+# Preparing the base model may download from a hub; a retry helps there.
+@task(name="fingerprint-recipe", tags=["loraflow", "models"], retries=2, retry_delay_seconds=10)
+def fingerprint_recipe(config: RetrainConfig, dataset: Dataset) -> str:
+    """The recipe fingerprint of training ``config.model`` on ``dataset`` as ``config`` says."""
+    from loraflow.models import model_revision, prepare, resolve_model
+    from loraflow.registry import recipe_fingerprint
+
+    spec = resolve_model(config.model)
+    revision = model_revision(prepare(spec))
+    return recipe_fingerprint(dataset.sha256, spec.name, revision, recipe_settings(config))
+
+
+@task(name="find-precedents", tags=["loraflow", "registry"], cache_policy=NO_CACHE)
+def find_precedents(family: str, recipe: str, alias: str) -> list[Precedent]:
+    """Every version of ``family`` trained on ``recipe``, with its gate's decision."""
+    from loraflow import registry
+
+    return [
+        Precedent(
+            model=v.tags[TAG_MODEL],
+            version=int(v.version),
+            decision=v.tags.get(f"{TAG_PROMOTION}{alias}.decision"),
+        )
+        for v in registry.versions_with(family, TAG_RECIPE, recipe)
+    ]
+
+
+@task(name="tag-lineage", tags=["loraflow", "registry"], retries=2, cache_policy=NO_CACHE)
+def tag_lineage(model: str, dataset: Dataset, recipe: str) -> None:
+    """Record on ``model``'s registry version the dataset it came from (location, sha256)
+    and the recipe fingerprint."""
     from loraflow import registry
 
     record = registry.read_record(model)
     registry.tag_version(
-        record, {TAG_DATASET: dataset.location[:4000], TAG_DATASET_SHA256: dataset.sha256}
+        record,
+        {
+            TAG_DATASET: dataset.location[:4000],
+            TAG_DATASET_SHA256: dataset.sha256,
+            TAG_RECIPE: recipe,
+        },
     )
 
 

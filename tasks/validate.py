@@ -1,16 +1,12 @@
-"""Task: validate a dataset and publish the report as Prefect artifacts."""
+"""Publishing a validation report as Prefect artifacts, and artifact keys."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from loraflow.data import ValidationReport, ValidationSummary, validate
-from loraflow.errors import DataValidationError
-from loraflow.settings import ValidationConfig, get_settings
+from loraflow.data import ValidationReport
 
 ARTIFACT_ROWS = 1000
 
@@ -42,18 +38,3 @@ def publish_report(report: ValidationReport) -> None:
             key=f"{key}-problems",
             description=f"First {ARTIFACT_ROWS:,} of {len(report.issues):,} problems",
         )
-
-
-@task(name="validate-dataset", tags=["loraflow", "data"])
-def validate_dataset(
-    path: Path, name: str | None = None, limits: ValidationConfig | None = None
-) -> ValidationSummary:
-    """Check every row of ``path``; publish the report; raise DataValidationError if invalid."""
-    dataset = validate(path, name=name, config=limits or get_settings().validation)
-    publish_report(dataset.report)
-    logger = get_run_logger()
-    for line in dataset.report.describe().splitlines():
-        logger.info(line)
-    if not dataset.report.valid:
-        raise DataValidationError(dataset.report)
-    return dataset.report.summary()

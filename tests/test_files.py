@@ -34,10 +34,17 @@ def test_upload_round_trip(backend: str, tmp_path: Path) -> None:
     assert list(get_store().list()) == []
 
 
-def test_metadata_is_stored_beside_the_object(backend: str, tmp_path: Path) -> None:
+def test_metadata_rows_and_report_are_stored_beside_the_object(
+    backend: str, tmp_path: Path
+) -> None:
     file_id = File.upload(write(tmp_path, "d.csv", csv_rows(20))).id
     keys = sorted(o.key for o in get_store().list())
-    assert keys == [f"files/{file_id}/content", f"files/{file_id}/meta.json"]
+    parts = ("content", "meta.json", "report.json", "rows.parquet")
+    assert keys == [f"files/{file_id}/{part}" for part in parts]
+    rows = FileRepository.from_settings().rows(file_id)
+    assert rows.columns == ["prompt", "response"] and rows["prompt"][19] == "question 19"
+    report = json.loads(get_store().get_bytes(f"files/{file_id}/report.json"))
+    assert report["summary"]["rows"] == 20 and report["issues"][0]["check"] == "min_rows"
     meta = json.loads(get_store().get_bytes(f"files/{file_id}/meta.json"))
     assert meta["filename"] == "d.csv" and meta["rows"] == 20 and meta["format"] == "csv"
     assert len(meta["sha256"]) == 64 and meta["created_at"]

@@ -58,6 +58,21 @@ class BatchResult(BaseModel):
     completion_tokens: int
 
 
+def load_inputs(location: str) -> list[str | list[dict[str, str]]]:
+    """The inputs at ``location``: a stored file's validated rows (its prompts, or the turns
+    before each chat's answer), else the prompts of a CSV/JSONL file read there."""
+    if location.startswith("file-"):
+        from loraflow.files import FileRepository
+
+        frame = FileRepository.from_settings().rows(location)
+        chats = frame["messages"] if "messages" in frame.columns else [None] * len(frame)
+        return [
+            json.loads(chat)[:-1] if chat else prompt
+            for prompt, chat in zip(frame["prompt"], chats, strict=True)
+        ]
+    return parse_inputs(*locations.read(location, "input_data_path"))
+
+
 def parse_inputs(data: bytes, name: str) -> list[str | list[dict[str, str]]]:
     """Prompts (strings) and chats (lists of turns) from CSV or JSONL, checked row by row."""
     from loraflow.completion import check_messages
@@ -128,7 +143,7 @@ def run(
     from loraflow import completion
 
     p = completion.params(**config.model_dump(include=set(completion.Params.model_fields)))
-    inputs = parse_inputs(*locations.read(config.input_data_path, "input_data_path"))
+    inputs = load_inputs(config.input_data_path)
     lines, tokens = [], 0
     for start in range(0, len(inputs), config.batch_size):
         if should_stop is not None and should_stop():

@@ -1,7 +1,10 @@
-"""Stored datasets: validated on the way in, kept in the object store with their metadata.
+"""Stored datasets: validated once on the way in, kept with their rows and metadata.
 
-Layout in the store: ``files/<id>/content`` (the bytes as uploaded) and ``files/<id>/meta.json``
-(written last, so a file is listed only once it is complete).
+Layout in the store, per file: ``files/<id>/content`` (the bytes as uploaded),
+``files/<id>/rows.parquet`` (the validated, normalised rows), ``files/<id>/report.json`` (every
+problem found) and ``files/<id>/meta.json`` (written last, so a file is listed only once it is
+complete). Whatever reads a stored dataset (training, scoring, batches) reads ``rows``: a
+dataset is validated once, when it is stored.
 """
 
 from __future__ import annotations
@@ -12,14 +15,20 @@ import string
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from loraflow.data.report import ValidationSummary
 from loraflow.errors import InvalidRequestError, NotFoundError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from loraflow.data import Dataset, ValidationReport
 from loraflow.settings import Settings, ValidationConfig, get_settings
 from loraflow.storage import ObjectStore, get_store
 
@@ -28,6 +37,9 @@ _ALPHABET = string.ascii_letters + string.digits
 _ID_CHARS = 20
 
 FileSource = Path | str | IO[bytes] | IO[str]
+
+
+_PARTS = ("content", "rows.parquet", "report.json")
 
 
 class FileRecord(BaseModel):
@@ -41,6 +53,15 @@ class FileRecord(BaseModel):
     format: str
     created_at: datetime
     validation: ValidationSummary
+
+
+@dataclass
+class Ingested:
+    """What ``FileRepository.ingest`` stored, and the report on the whole dataset."""
+
+    report: ValidationReport
+    training: FileRecord
+    validation: FileRecord | None
 
 
 def new_file_id() -> str:
@@ -83,30 +104,94 @@ class FileRepository:
         with local_file(source, self.work_dir) as (path, default_name):
             name = Path(filename or default_name).name or "dataset"
             dataset = validate(path, name=name, config=self.validation).raise_for_errors()
-            file_id = new_file_id()
-            info = self.store.put(_content_key(file_id), path)
+            return self.store_dataset(dataset, path)
+
+    def store_dataset(self, dataset: Dataset, content: Path | bytes) -> FileRecord:
+        """Store a validated dataset: its ``content`` (the file's bytes), rows and report,
+        then its metadata last. Nothing is left behind when a write fails."""
+        import io
+
+        report = dataset.report
+        file_id = new_file_id()
+        rows = io.BytesIO()
+        dataset.frame.write_parquet(rows)
+        try:
+            info = self.store.put(_key(file_id, "content"), content)
+            self.store.put(_key(file_id, "rows.parquet"), rows.getvalue())
+            issues = _json({"summary": report.summary().model_dump(), "issues": report.issues})
+            self.store.put(_key(file_id, "report.json"), issues)
             record = FileRecord(
                 id=file_id,
-                filename=name,
+                filename=report.source,
                 size=info.size,
                 sha256=info.sha256 or "",
-                rows=dataset.report.rows,
-                format=dataset.report.format or "csv",
+                rows=report.rows,
+                format=report.format or "csv",
                 created_at=datetime.now(UTC),
-                validation=dataset.report.summary(),
+                validation=report.summary(),
             )
-            try:
-                self.store.put(_meta_key(file_id), record.model_dump_json(indent=2).encode())
-            except BaseException:
-                self.store.delete(_content_key(file_id))
-                raise
+            self.store.put(_key(file_id, "meta.json"), record.model_dump_json(indent=2).encode())
+        except BaseException:
+            self._remove(file_id)
+            raise
         return record
+
+    def ingest(
+        self, source: FileSource, validation_fraction: float, seed: int, filename: str | None = None
+    ) -> Ingested:
+        """Validate ``source`` once, split off a seeded validation part (unless the fraction
+        is 0) and store the parts; DataValidationError, and nothing stored, when it is bad."""
+        from loraflow.data.split import encode_rows, split_frame
+        from loraflow.data.validate import part_of, validate
+
+        with local_file(source, self.work_dir) as (path, default_name):
+            name = Path(filename or default_name).name or "dataset"
+            whole = validate(path, name=name, config=self.validation).raise_for_errors()
+            if validation_fraction == 0:
+                return Ingested(whole.report, self.store_dataset(whole, path), None)
+        stem = name.rsplit(".", 1)[0]
+        stored = []
+        for part, role in zip(
+            split_frame(whole.frame, validation_fraction, seed),
+            ("train", "validation"),
+            strict=True,
+        ):
+            content, suffix = encode_rows(part)
+            dataset = part_of(whole, part, f"{stem}.{role}{suffix}", self.validation)
+            stored.append(self.store_dataset(dataset, content))
+        return Ingested(whole.report, stored[0], stored[1])
+
+    def rows(self, file_id: str) -> pl.DataFrame:
+        """The validated rows of a stored file (prompt, response and, for chats, messages).
+
+        Files stored before rows were kept are validated once more and get them now.
+        """
+        import polars as pl
+
+        self.get(file_id)
+        try:
+            return pl.read_parquet(self.store.get_bytes(_key(file_id, "rows.parquet")))
+        except NotFoundError:
+            return self._backfill_rows(file_id)
+
+    def _backfill_rows(self, file_id: str) -> pl.DataFrame:
+        import io
+
+        from loraflow.data import validate
+
+        record = self.get(file_id)
+        data = self.store.get_bytes(_key(file_id, "content"))
+        frame = validate(data, name=record.filename, config=self.validation).frame
+        rows = io.BytesIO()
+        frame.write_parquet(rows)
+        self.store.put(_key(file_id, "rows.parquet"), rows.getvalue())
+        return frame
 
     def get(self, file_id: str) -> FileRecord:
         """The metadata of ``file_id``; NotFoundError if there is no such file."""
         check_file_id(file_id)
         try:
-            raw = self.store.get_bytes(_meta_key(file_id))
+            raw = self.store.get_bytes(_key(file_id, "meta.json"))
         except NotFoundError:
             raise NotFoundError(
                 f"The specified file could not be found: {file_id} "
@@ -126,32 +211,38 @@ class FileRepository:
     def read_bytes(self, file_id: str) -> bytes:
         """The stored bytes of ``file_id``."""
         self.get(file_id)
-        return self.store.get_bytes(_content_key(file_id))
+        return self.store.get_bytes(_key(file_id, "content"))
 
     def download(self, file_id: str, dest: Path) -> Path:
         """Copy the file's content to ``dest`` and return it."""
         self.get(file_id)
-        return self.store.download(_content_key(file_id), dest)
+        return self.store.download(_key(file_id, "content"), dest)
 
     def url(self, file_id: str, expires_in: int = 3600) -> str:
         """A URL fetching the file's content (presigned on S3)."""
         self.get(file_id)
-        return self.store.url(_content_key(file_id), expires_in)
+        return self.store.url(_key(file_id, "content"), expires_in)
 
     def delete(self, file_id: str) -> bool:
         """Delete the file; True if it existed. The metadata goes first, so it unlists at once."""
         self.get(file_id)
-        self.store.delete(_meta_key(file_id))
-        self.store.delete(_content_key(file_id))
+        self.store.delete(_key(file_id, "meta.json"))
+        self._remove(file_id)
         return True
 
+    def _remove(self, file_id: str) -> None:
+        for part in _PARTS:
+            self.store.delete(_key(file_id, part))
 
-def _content_key(file_id: str) -> str:
-    return f"files/{check_file_id(file_id)}/content"
+
+def _key(file_id: str, part: str) -> str:
+    return f"files/{check_file_id(file_id)}/{part}"
 
 
-def _meta_key(file_id: str) -> str:
-    return f"files/{check_file_id(file_id)}/meta.json"
+def _json(value: Any) -> bytes:
+    import json
+
+    return json.dumps(value, indent=2, default=str).encode()
 
 
 def _store_for(settings: Settings) -> ObjectStore:

@@ -24,7 +24,7 @@ from loraflow.types import BatchStatus, FineTuneStatus
 # The global concurrency limit every training holds one slot of: one device, one fine-tune.
 DEVICE_LIMIT = "loraflow-device"
 DEPLOYMENT_NAME = "loraflow"  # every flow is deployed as ``<flow>/loraflow``
-STACK_PREFECT_PID = "stack/prefect.pid"  # under the home; `loraflow up` writes it
+STACK_DIR = "stack"  # under the home: `loraflow up` writes <service>.pid there
 
 T = TypeVar("T")
 
@@ -70,9 +70,14 @@ def _stack_api_url(settings: Settings) -> str | None:
 
 def stack_api_url(settings: Settings) -> str | None:
     """The Prefect API of this home's stack while its server runs, else None."""
+    return stack_url(settings, "prefect")
+
+
+def stack_url(settings: Settings, service: str) -> str | None:
+    """The URL a service of this home's stack serves while it runs (Prefect: its API)."""
     from loraflow import pidfile
 
-    record = pidfile.read(settings.home / STACK_PREFECT_PID)
+    record = pidfile.read(settings.home / STACK_DIR / f"{service}.pid")
     return None if record is None else record.get("url")
 
 

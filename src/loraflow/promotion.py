@@ -97,7 +97,7 @@ def decide(
 def apply(decision: Decision) -> None:
     """Record the decision on the candidate's version; move the alias if it was promoted."""
     record = registry.read_record(decision.candidate)
-    prefix = f"loraflow.promotion.{decision.alias}"
+    prefix = f"{registry.TAG_PROMOTION}{decision.alias}"
     scores = decision.candidate_scores
     registry.tag_version(
         record,

@@ -5,16 +5,21 @@ A fine-tuned model ``{base}.{suffix}.{YYMMDD-HHMMSS}`` is a version of the regis
 and an alias (``champion``) marks the one to serve. Any of these references resolves to one
 fine-tuned model: its name, ``family@alias``, ``family/version``, each also with ``models:/``.
 
-The serving side needs only the object store: ``models/<name>.json`` records where the adapter
-is; MLflow is asked only to resolve aliases and versions and to keep lineage.
+The serving side needs only the object store: ``models/<name>.json`` holds the fine-tune's
+``ModelRecord`` (where the adapter is, and its whole lineage); MLflow is asked only to resolve
+aliases and versions and to keep tags. ``register`` is the one writer of records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from loraflow.errors import InvalidRequestError, NotFoundError
 from loraflow.storage import get_store
@@ -22,6 +27,89 @@ from loraflow.storage import get_store
 STAMP = re.compile(r"\.\d{6}-\d{6}$")
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 TAG_MODEL = "loraflow.fine_tuned_model"
+TAG_RECIPE = "loraflow.recipe"
+TAG_DATASET = "loraflow.dataset"  # what a retrain read (a prefix resolves to its newest file)
+TAG_DATASET_SHA256 = "loraflow.dataset_sha256"
+TAG_PROMOTION = "loraflow.promotion."  # + alias + .decision / .reason / .against
+# the lineage a registered version carries as tags, from its record
+LINEAGE_TAGS = (
+    "job_id",
+    "base_model",
+    "base_revision",
+    "training_file",
+    "training_sha256",
+    "validation_file",
+    "validation_sha256",
+    "mlflow_run_id",
+    "steps",
+    "train_loss",
+    "eval_loss",
+    "loraflow_version",
+    "code_commit",
+)
+
+
+class ModelRecord(BaseModel):
+    """A fine-tune: what it is, where its adapter is, and everything it came from.
+
+    Training makes one (unregistered); ``register`` stores it with its registry version.
+    """
+
+    fine_tuned_model: str
+    job_id: str
+    base_model: str
+    base_revision: str
+    adapter_prefix: str = Field(description="Object-store prefix of the peft adapter files.")
+    model_uri: str = Field(description="The MLflow pyfunc model (adapter + base reference).")
+    mlflow_run_id: str
+    steps: int
+    resumed_from: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    training_file: str
+    training_sha256: str
+    validation_file: str | None = None
+    validation_sha256: str | None = None
+    hyperparameters: dict[str, Any] = {}
+    loraflow_version: str = ""
+    code_commit: str = ""
+    prefect_flow_run_id: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    registered_model: str | None = None
+    version: int | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        found = {"train_loss": self.train_loss, "eval_loss": self.eval_loss}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def lineage_tags(self) -> dict[str, str]:
+        """The tags its registered version carries: data, base, runs and metrics."""
+        tags = {
+            f"loraflow.{k}": str(getattr(self, k))
+            for k in LINEAGE_TAGS
+            if getattr(self, k) not in (None, "")
+        }
+        if self.prefect_flow_run_id:
+            tags["prefect.flow_run_id"] = self.prefect_flow_run_id
+        return tags
+
+
+def recipe_fingerprint(
+    dataset_sha256: str, base_model: str, base_revision: str, settings: dict[str, Any]
+) -> str:
+    """A digest of everything that decides a fine-tune's outcome: the data, the base model and
+    revision, the hyperparameters and split (``settings``), and loraflow's version."""
+    from loraflow import __version__
+
+    recipe = {
+        "dataset_sha256": dataset_sha256,
+        "base_model": base_model,
+        "base_revision": base_revision,
+        "settings": settings,
+        "loraflow": __version__,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def family(name: str) -> str:
@@ -33,28 +121,24 @@ def record_key(name: str) -> str:
     return f"models/{name}.json"
 
 
-def read_record(name: str) -> dict[str, Any]:
+def read_record(name: str) -> ModelRecord:
     """The stored record of a fine-tuned model. Raises NotFoundError."""
     check_name(name)
     try:
-        return json.loads(get_store().get_bytes(record_key(name)))
+        return ModelRecord.model_validate_json(get_store().get_bytes(record_key(name)))
     except NotFoundError:
         raise NotFoundError(f"The specified model could not be found: {name}") from None
 
 
-def write_record(record: dict[str, Any]) -> None:
-    data = json.dumps(record, indent=2, sort_keys=True).encode()
-    get_store().put(record_key(record["fine_tuned_model"]), data)
-
-
-def list_records() -> list[dict[str, Any]]:
+def list_records() -> list[ModelRecord]:
     """Every fine-tuned model's record, oldest first."""
     store = get_store()
-    records = []
-    for info in store.list("models/"):
-        if info.key.endswith(".json") and "/" not in info.key[len("models/") :]:
-            records.append(json.loads(store.get_bytes(info.key)))
-    return sorted(records, key=lambda r: r.get("created_at", ""))
+    records = [
+        ModelRecord.model_validate_json(store.get_bytes(info.key))
+        for info in store.list("models/")
+        if info.key.endswith(".json") and "/" not in info.key[len("models/") :]
+    ]
+    return sorted(records, key=lambda r: r.created_at)
 
 
 def check_name(name: str) -> str:
@@ -74,21 +158,21 @@ def _client() -> Any:
     return MlflowClient()
 
 
-def register(record: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
-    """Register the fine-tune in ``record`` as a new version of its family, with ``tags``.
+def register(record: ModelRecord) -> ModelRecord:
+    """Register a trained fine-tune as a new version of its family, tagged with its lineage,
+    and store its record: the one place records are written.
 
-    Idempotent: a model already registered keeps its version. Returns the record with
-    ``registered_model`` and ``version`` set, as written back to the store.
+    Idempotent: a model already registered keeps its version. Returns the stored record.
     """
     from mlflow.exceptions import MlflowException
 
-    client, name = _client(), record["fine_tuned_model"]
+    client, name = _client(), record.fine_tuned_model
     reg = family(name)
     try:
         client.get_registered_model(reg)
     except MlflowException:
         client.create_registered_model(
-            reg, description=f"LoRA fine-tunes of {record['base_model']} (loraflow)"
+            reg, description=f"LoRA fine-tunes of {record.base_model} (loraflow)"
         )
     found = client.search_model_versions(f"name = '{reg}' and tags.`{TAG_MODEL}` = '{name}'")
     if found:
@@ -96,13 +180,13 @@ def register(record: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
     else:
         version = client.create_model_version(
             reg,
-            source=record["model_uri"],
-            run_id=record["mlflow_run_id"],
-            tags={TAG_MODEL: name, **{k: str(v) for k, v in tags.items()}},
-            description=f"fine-tune job {record['job_id']}",
+            source=record.model_uri,
+            run_id=record.mlflow_run_id,
+            tags={TAG_MODEL: name, **record.lineage_tags()},
+            description=f"fine-tune job {record.job_id}",
         )
-    record = record | {"registered_model": reg, "version": int(version.version)}
-    write_record(record)
+    record = record.model_copy(update={"registered_model": reg, "version": int(version.version)})
+    get_store().put(record_key(name), record.model_dump_json(indent=2).encode())
     return record
 
 
@@ -135,12 +219,21 @@ def resolve(reference: str) -> str:
     return version.tags[TAG_MODEL]
 
 
-def aliases(record: dict[str, Any]) -> list[str]:
-    """The aliases pointing at this fine-tune's registered version."""
-    if "registered_model" not in record:
+def registered_version(record: ModelRecord) -> Any:
+    """The MLflow model version of a registered fine-tune (aliases, tags), or None."""
+    if record.registered_model is None:
+        return None
+    return _client().get_model_version(record.registered_model, str(record.version))
+
+
+def versions_with(reg: str, tag: str, value: str) -> list[Any]:
+    """The versions of family ``reg`` whose tag ``tag`` is ``value``, whatever became of them."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(_client().search_model_versions(f"name = '{reg}' and tags.`{tag}` = '{value}'"))
+    except MlflowException:
         return []
-    version = _client().get_model_version(record["registered_model"], str(record["version"]))
-    return sorted(version.aliases)
 
 
 def family_aliases(reg: str) -> dict[int, list[str]]:
@@ -165,21 +258,27 @@ def alias_target(reg: str, alias: str) -> str | None:
         return None
 
 
-def set_alias(record: dict[str, Any], alias: str) -> None:
-    _client().set_registered_model_alias(record["registered_model"], alias, str(record["version"]))
+def set_alias(record: ModelRecord, alias: str) -> None:
+    _client().set_registered_model_alias(_registered(record), alias, str(record.version))
 
 
-def version_tags(record: dict[str, Any]) -> dict[str, str]:
+def version_tags(record: ModelRecord) -> dict[str, str]:
     """The tags of a registered fine-tune's version (lineage, evaluation, promotion)."""
-    return dict(
-        _client().get_model_version(record["registered_model"], str(record["version"])).tags
-    )
+    return dict(registered_version(record).tags) if record.registered_model else {}
 
 
-def tag_version(record: dict[str, Any], tags: dict[str, str]) -> None:
-    client = _client()
+def tag_version(record: ModelRecord, tags: dict[str, str]) -> None:
+    client, reg = _client(), _registered(record)
     for key, value in tags.items():
-        client.set_model_version_tag(record["registered_model"], str(record["version"]), key, value)
+        client.set_model_version_tag(reg, str(record.version), key, value)
+
+
+def _registered(record: ModelRecord) -> str:
+    if record.registered_model is None:
+        raise InvalidRequestError(
+            f"model: {record.fine_tuned_model} is not in the registry; register it first"
+        )
+    return record.registered_model
 
 
 def delete(name: str) -> bool:
@@ -193,11 +292,11 @@ def delete(name: str) -> bool:
         record = read_record(name)
     except NotFoundError:
         return False
-    if "registered_model" in record:  # already gone from the registry: the files still go
+    if record.registered_model:  # already gone from the registry: the files still go
         with suppress(MlflowException):
-            _client().delete_model_version(record["registered_model"], str(record["version"]))
+            _client().delete_model_version(record.registered_model, str(record.version))
     store = get_store()
-    for info in list(store.list(record["adapter_prefix"] + "/")):
+    for info in list(store.list(record.adapter_prefix + "/")):
         store.delete(info.key)
     store.delete(record_key(name))
     return True

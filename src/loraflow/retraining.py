@@ -1,12 +1,15 @@
 """Retraining: the config, outcomes and rules of the end-to-end pipeline (``flows/retrain.py``).
 
-A retrain run takes a dataset, and unless the champion was trained on exactly those bytes,
-ingests it, fine-tunes, scores the candidate beside the champion and promotes it if the gate
-says so. Its outcome is one of three words, which is also the name of the run's final state
-(so the Prefect UI and ``loraflow retrain --wait`` read it without fetching results):
+A retrain run takes a dataset, and unless a version of the family was already trained on the
+same recipe (the dataset's bytes, the base model and revision, the hyperparameters and split,
+loraflow's version), promoted or rejected, ingests it, fine-tunes, scores the candidate beside
+the champion and promotes it if the gate says so. Its outcome is one of three words, which is
+also the name of the run's final state (so the Prefect UI and ``loraflow retrain --wait``
+read it without fetching results):
 
 - ``promoted``: a new model took the alias;
-- ``unchanged``: nothing to do, the champion already learned from this dataset;
+- ``unchanged``: nothing to do, this recipe was trained before (it is the champion, or it
+  was rejected: it would be again);
 - ``rejected``: a candidate was trained but did not beat the champion.
 """
 
@@ -65,6 +68,14 @@ class Dataset(BaseModel):
     sha256: str  # of the bytes as read
 
 
+class Precedent(BaseModel):
+    """A version of the family trained on the same recipe, and what its gate decided."""
+
+    model: str
+    version: int
+    decision: str | None  # promoted, rejected, or None when never gated
+
+
 class Champion(BaseModel):
     """The model an alias points at, with the dataset it was trained on (when known)."""
 
@@ -113,13 +124,36 @@ def family_of(model: str, suffix: str) -> str:
     return registry.family(model_name(resolve_model(model).name, suffix))
 
 
-def unchanged_reason(dataset: Dataset, champion: Champion | None, alias: str) -> str | None:
-    """Why there is nothing to do (the champion learned from these very bytes), or None."""
-    if champion is None or champion.dataset_sha256 != dataset.sha256:
+def recipe_settings(config: RetrainConfig) -> dict[str, Any]:
+    """What of a retrain config shapes the model: hyperparameters (defaults filled in) and
+    the split. The gate does not: it judges the model, it does not make it."""
+    from loraflow.training.hyperparameters import parse_hyperparameters
+
+    return {
+        "hyperparameters": parse_hyperparameters(config.hyperparameters).model_dump(mode="json"),
+        "validation_fraction": config.validation_fraction,
+        "seed": config.seed,
+    }
+
+
+def unchanged_reason(
+    dataset: Dataset, precedents: list[Precedent], champion: Champion | None, alias: str
+) -> str | None:
+    """Why there is nothing to do (this recipe was trained already), or None."""
+    if not precedents:
         return None
+    data = f"this dataset (sha256 {dataset.sha256[:12]})"
+    force = "nothing to do. Set force to retrain anyway."
+    for found in precedents:
+        if champion is not None and found.model == champion.model:
+            return f"{found.model} ({alias}) was trained on {data} with this recipe; {force}"
+    last = max(precedents, key=lambda p: p.version)
+    verdict = {"rejected": "was rejected", "promoted": "was promoted before"}.get(
+        last.decision or "", "was never promoted"
+    )
     return (
-        f"{champion.model} ({alias}) was trained on this dataset (sha256 "
-        f"{dataset.sha256[:12]}); nothing to do. Set force to retrain anyway."
+        f"version {last.version} ({last.model}) was trained on {data} with this recipe and "
+        f"{verdict}; training it again would give the same model: {force}"
     )
 
 

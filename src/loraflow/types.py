@@ -8,7 +8,7 @@ Fields beyond the client's are optional extras it ignores. Only pydantic is impo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -35,6 +35,7 @@ __all__ = [
     "GetFineTuneResponse",
     "GetLLMEndpointResponse",
     "LLMFineTuneEvent",
+    "Lineage",
     "ListFilesResponse",
     "ListFineTunesResponse",
     "ListLLMEndpointsResponse",
@@ -168,6 +169,28 @@ ModelStatus = Literal[
 ]
 
 
+class Lineage(BaseModel):
+    """Where a fine-tune came from: data, base model, settings, code and runs."""
+
+    job_id: str
+    training_file: str
+    training_sha256: str
+    validation_file: str | None = None
+    validation_sha256: str | None = None
+    dataset: str | None = None  # what a retrain read, before ingest split it
+    dataset_sha256: str | None = None
+    recipe: str | None = None  # the retrain's recipe fingerprint
+    base_model: str
+    base_revision: str
+    hyperparameters: dict[str, Any] = {}
+    loraflow_version: str = ""
+    code_commit: str = ""
+    prefect_flow_run_id: str | None = None
+    mlflow_run_id: str
+    promotion: dict[str, str] = {}  # the promotion decisions recorded on the version
+    links: dict[str, str] = {}  # Prefect and MLflow UI pages, while the stack runs
+
+
 class GetLLMEndpointResponse(BaseModel):
     """A served model, with LLM Engine's endpoint fields plus loraflow's lineage."""
 
@@ -192,6 +215,7 @@ class GetLLMEndpointResponse(BaseModel):
     version: int | None = None
     aliases: list[str] = []
     metrics: dict[str, float] = {}
+    lineage: Lineage | None = None  # Model.get fills it
 
 
 class ListLLMEndpointsResponse(BaseModel):

@@ -4,6 +4,7 @@ data is unchanged, retrain when forced or when the data changes, and gate the ca
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from flows.retrain import retrain
 from loraflow import registry
 from loraflow.promotion import Gate
-from loraflow.retraining import RetrainConfig, exit_code
+from loraflow.retraining import Dataset, Precedent, RetrainConfig, exit_code, unchanged_reason
 from loraflow.tracking import configure
 from tests.helpers import SUPPORT_CSV, write
 
@@ -41,12 +42,21 @@ def config(source: Path | str, **changes: object) -> RetrainConfig:
     return RetrainConfig(**(base | changes))
 
 
-def test_retrain_promotes_then_skips_unchanged_data_then_gates(tmp_path: Path) -> None:
+def test_retrain_promotes_then_skips_unchanged_data_then_gates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     incoming = tmp_path / "incoming"
     dataset(incoming, "a.csv", slice(0, 50))
+    checked: list[int] = []  # the rows of each validation that read and checked a dataset
+    module = sys.modules["loraflow.data.validate"]
+    check = module._check_values
+    monkeypatch.setattr(
+        module, "_check_values", lambda table, *a: checked.append(table.records) or check(table, *a)
+    )
 
     first = retrain(config(f"{incoming}/"))  # a prefix: its newest file
     assert first.outcome == "promoted", first.reason
+    assert checked == [50]  # ingest validated once; training and scoring read its rows
     assert first.dataset == str(incoming / "a.csv")
     assert registry.resolve(f"{FAMILY}@champion") == first.candidate == first.champion
 
@@ -54,7 +64,7 @@ def test_retrain_promotes_then_skips_unchanged_data_then_gates(tmp_path: Path) -
     tags = MlflowClient().get_model_version(FAMILY, "1").tags
     assert tags["loraflow.dataset_sha256"] == first.dataset_sha256
     assert tags["loraflow.dataset"] == first.dataset
-    check_artifacts(registry.read_record(first.candidate)["job_id"], "tiny-llama-test-nightly")
+    check_artifacts(registry.read_record(first.candidate).job_id, "tiny-llama-test-nightly")
 
     with get_client(sync_client=True) as client:
         before = len(client.read_flow_runs())
@@ -76,6 +86,12 @@ def test_retrain_promotes_then_skips_unchanged_data_then_gates(tmp_path: Path) -
     assert rejected.candidate != first.candidate and rejected.champion == first.candidate
     assert registry.resolve(f"{FAMILY}@champion") == first.candidate
     assert "needed more than 0 and at least 100.0" in rejected.reason
+    tags = MlflowClient().get_model_version(FAMILY, "2").tags
+    assert (
+        tags["loraflow.recipe"]
+        == MlflowClient().get_model_version(FAMILY, "1").tags["loraflow.recipe"]
+    )
+    assert tags["loraflow.promotion.champion.decision"] == "rejected"
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -113,3 +129,12 @@ def test_a_bad_dataset_fails_the_run_naming_the_problem(tmp_path: Path) -> None:
     empty.mkdir()
     state = retrain(config(f"{empty}/", suffix="bad"), return_state=True)
     assert state.type.value == "FAILED" and "no .csv or .jsonl file under" in state.message
+
+
+def test_a_recipe_that_failed_the_gate_is_not_trained_again() -> None:
+    data = Dataset(location="a.csv", path="a.csv", sha256="ab" * 32)
+    rejected = Precedent(model="m.nightly.261201-020000", version=3, decision="rejected")
+    reason = unchanged_reason(data, [rejected], None, "champion")
+    assert reason is not None and "version 3" in reason and "was rejected" in reason
+    assert "force" in reason and data.sha256[:12] in reason
+    assert unchanged_reason(data, [], None, "champion") is None

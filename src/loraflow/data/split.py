@@ -1,9 +1,8 @@
-"""Seeded train/validation splits and writing normalised datasets back to files."""
+"""Seeded train/validation splits, and normalised rows back to file bytes."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import polars as pl
 
@@ -29,28 +28,17 @@ def split_frame(
     )
 
 
-def write_dataset(frame: pl.DataFrame, path: Path) -> Path:
-    """Write normalised rows: CSV for prompt/response, JSONL when any row is a chat.
-
-    The suffix of ``path`` is replaced to match the format written; returns the path used.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
+def encode_rows(frame: pl.DataFrame) -> tuple[bytes, str]:
+    """Normalised rows as a file's bytes and its suffix: CSV for prompt/response rows, JSONL
+    when any row is a chat."""
     if "messages" not in frame.columns or frame["messages"].null_count() == len(frame):
-        target = path.with_suffix(".csv")
-        frame.select("prompt", "response").write_csv(target)
-        return target
-    target = path.with_suffix(".jsonl")
-    with target.open("w", encoding="utf-8") as out:
-        for prompt, response, messages in frame.select(
-            "prompt", "response", "messages"
-        ).iter_rows():
-            row = (
-                {"messages": json.loads(messages)}
-                if messages
-                else {
-                    "prompt": prompt,
-                    "response": response,
-                }
-            )
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return target
+        return frame.select("prompt", "response").write_csv().encode(), ".csv"
+    lines = []
+    for prompt, response, messages in frame.select("prompt", "response", "messages").iter_rows():
+        row = (
+            {"messages": json.loads(messages)}
+            if messages
+            else {"prompt": prompt, "response": response}
+        )
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return "".join(lines).encode(), ".jsonl"

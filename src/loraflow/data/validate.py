@@ -104,6 +104,16 @@ def validate(
     return Dataset(frame, report)
 
 
+def part_of(dataset: Dataset, frame: pl.DataFrame, name: str, config: ValidationConfig) -> Dataset:
+    """A part of a validated dataset (a split) as a dataset of its own, without reading or
+    checking its rows again: its report has the row counts checked and nothing else."""
+    report = ValidationReport(
+        source=name, format=dataset.report.format, rows=len(frame), columns=dataset.report.columns
+    )
+    _check_counts(report, config)
+    return Dataset(frame, report)
+
+
 def _read(
     path: Path | bytes, label: str, report: ValidationReport, config: ValidationConfig
 ) -> Table | None:

@@ -238,14 +238,14 @@ def resolve_served(reference: str) -> tuple[Engine, str | None]:
             f"model: {reference!r} is neither a base model ({', '.join(load_zoo())}) nor a "
             "fine-tuned model; Model.list() shows what is served"
         ) from None
-    engine = get_engine(record["base_model"])
-    if engine.revision != record["base_revision"]:
+    engine = get_engine(record.base_model)
+    if engine.revision != record.base_revision:
         raise UnavailableError(
-            f"{name} was trained on {record['base_model']} revision {record['base_revision']}, "
+            f"{name} was trained on {record.base_model} revision {record.base_revision}, "
             f"but this process serves revision {engine.revision}"
         )
     if name not in engine.adapters:
-        engine.add_adapter(name, _download_adapter(name, record["adapter_prefix"]))
+        engine.add_adapter(name, _download_adapter(name, record.adapter_prefix))
     return engine, name
 
 

@@ -1,48 +1,29 @@
 """One fine-tune from a checked request to a tracked, stored adapter.
 
-Writes, under the object store: ``fine-tunes/<job>/checkpoints/…`` while training,
-``fine-tunes/<job>/adapter/…`` at the end, and ``models/<fine_tuned_model>.json`` naming the
-result. Re-running a job resumes from its last checkpoint and continues its MLflow run.
+Writes, under the object store: ``fine-tunes/<job>/checkpoints/…`` while training and
+``fine-tunes/<job>/adapter/…`` at the end; returns the fine-tune's ModelRecord, which the
+register step stores. The data comes as the stored files' validated rows (never validated
+again). Re-running a job resumes from its last checkpoint and continues its MLflow run.
 """
 
 from __future__ import annotations
 
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from pydantic import BaseModel
 
-from loraflow import registry, tracking
-from loraflow.data import validate
+from loraflow import __version__, registry, tracking
 from loraflow.data.split import split_frame
 from loraflow.files import FileRepository
 from loraflow.fine_tuning import CheckedRequest
 from loraflow.models import model_revision, prepare
+from loraflow.registry import ModelRecord
 from loraflow.settings import get_settings
 from loraflow.storage import get_store
 from loraflow.training.checkpoints import CheckpointStore
 from loraflow.training.loop import Reporter, Trainer, TrainPlan
-
-
-class FineTuneOutcome(BaseModel):
-    job_id: str
-    fine_tuned_model: str
-    base_model: str
-    base_revision: str
-    steps: int
-    resumed_from: int | None
-    train_loss: float | None
-    eval_loss: float | None
-    mlflow_run_id: str
-    model_uri: str
-    adapter_prefix: str
-    training_file: str
-    training_sha256: str
-    validation_file: str | None
-    validation_sha256: str | None
 
 
 class FanOut:
@@ -68,13 +49,9 @@ class FanOut:
 
 
 def _frames(checked: CheckedRequest, files: FileRepository) -> tuple[Any, Any]:
-    def load(file_id: str, name: str) -> Any:
-        data = files.read_bytes(file_id)
-        return validate(data, name=name, config=files.validation).raise_for_errors().frame
-
-    train = load(checked.training.id, checked.training.filename)
+    train = files.rows(checked.training.id)
     if checked.validation is not None:
-        return train, load(checked.validation.id, checked.validation.filename)
+        return train, files.rows(checked.validation.id)
     hp = checked.hyperparameters
     if hp.validation_fraction > 0 and len(train) >= 10:
         return split_frame(train, hp.validation_fraction, hp.seed)
@@ -91,8 +68,11 @@ def _mlflow_run(job_id: str) -> str | None:
 
 def run_fine_tune(
     checked: CheckedRequest, job_id: str, reporter: Reporter, tags: dict[str, str]
-) -> FineTuneOutcome:
-    """Train, track and store one fine-tune. Idempotent per ``job_id``: a re-run resumes."""
+) -> ModelRecord:
+    """Train, track and store one fine-tune; its record, not yet registered.
+
+    Idempotent per ``job_id``: a re-run resumes. ``tags`` go on the MLflow run.
+    """
     request, store, files = checked.request, get_store(), FileRepository.from_settings()
     name = str(request.fine_tuned_model)
     _claim(name, job_id)
@@ -103,6 +83,7 @@ def run_fine_tune(
     prefix = f"fine-tunes/{job_id}"
     with mlflow.start_run(run_id=_mlflow_run(job_id), run_name=job_id) as run:
         mlflow.set_tags({"loraflow.job_id": job_id, "loraflow.fine_tuned_model": name, **tags})
+        commit = tracking.code_version()
         mlflow.log_params(
             tracking.flatten(
                 {
@@ -112,7 +93,7 @@ def run_fine_tune(
                     "training_sha256": checked.training.sha256,
                     "validation_file": checked.validation.id if checked.validation else "split",
                     "validation_sha256": checked.validation.sha256 if checked.validation else "",
-                    "loraflow_commit": tracking.code_version(),
+                    "loraflow_commit": commit,
                     **checked.hyperparameters.model_dump(),
                 }
             )
@@ -133,7 +114,7 @@ def run_fine_tune(
             model_uri = tracking.log_adapter(result.adapter_dir)
             for path in sorted(result.adapter_dir.iterdir()):
                 store.put(f"{prefix}/adapter/{path.name}", path)
-    outcome = FineTuneOutcome(
+    record = ModelRecord(
         job_id=job_id,
         fine_tuned_model=name,
         base_model=checked.spec.name,
@@ -149,10 +130,13 @@ def run_fine_tune(
         training_sha256=checked.training.sha256,
         validation_file=checked.validation.id if checked.validation else None,
         validation_sha256=checked.validation.sha256 if checked.validation else None,
+        hyperparameters=checked.hyperparameters.model_dump(mode="json"),
+        loraflow_version=__version__,
+        code_commit=commit,
+        prefect_flow_run_id=tags.get("prefect.flow_run_id"),
     )
-    registry.write_record(outcome.model_dump() | {"created_at": datetime.now(UTC).isoformat()})
-    reporter.event(f"fine-tuned model {name} is ready (MLflow run {run.info.run_id})")
-    return outcome
+    reporter.event(f"fine-tuned model {name} is trained (MLflow run {run.info.run_id})")
+    return record
 
 
 def _claim(name: str, job_id: str) -> None:
@@ -160,7 +144,7 @@ def _claim(name: str, job_id: str) -> None:
     from loraflow.errors import InvalidRequestError, NotFoundError
 
     try:
-        owner = registry.read_record(name).get("job_id")
+        owner = registry.read_record(name).job_id
     except NotFoundError:
         return
     if owner != job_id:

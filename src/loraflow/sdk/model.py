@@ -6,15 +6,19 @@ their registry version, aliases and metrics beyond LLM Engine's fields.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from loraflow import __version__, registry
 from loraflow.errors import InvalidRequestError, NotFoundError
 from loraflow.models.zoo import load_zoo
+from loraflow.registry import (
+    TAG_DATASET,
+    TAG_DATASET_SHA256,
+    TAG_PROMOTION,
+    ModelRecord,
+)
 from loraflow.sdk.types import (
     DeleteLLMEndpointResponse,
     GetLLMEndpointResponse,
+    Lineage,
     ListLLMEndpointsResponse,
     ModelDownloadResponse,
 )
@@ -33,23 +37,45 @@ def _base(name: str) -> GetLLMEndpointResponse:
     )
 
 
-def _fine_tuned(record: dict[str, Any], with_aliases: bool = True) -> GetLLMEndpointResponse:
-    metrics = {
-        k: float(record[k]) for k in ("train_loss", "eval_loss") if record.get(k) is not None
-    }
+def _fine_tuned(record: ModelRecord, aliases: list[str] | None = None) -> GetLLMEndpointResponse:
     return GetLLMEndpointResponse(
-        id=record["fine_tuned_model"],
-        name=record["fine_tuned_model"],
-        model_name=record["base_model"],
+        id=record.fine_tuned_model,
+        name=record.fine_tuned_model,
+        model_name=record.base_model,
         inference_framework_tag=TAG,
-        base_model=record["base_model"],
+        base_model=record.base_model,
         fine_tuned=True,
-        created_at=datetime.fromisoformat(record["created_at"]) if "created_at" in record else None,
-        job_id=record.get("job_id"),
-        registered_model=record.get("registered_model"),
-        version=record.get("version"),
-        aliases=registry.aliases(record) if with_aliases else [],
-        metrics=metrics,
+        created_at=record.created_at,
+        job_id=record.job_id,
+        registered_model=record.registered_model,
+        version=record.version,
+        aliases=aliases or [],
+        metrics=record.metrics,
+    )
+
+
+def _lineage(record: ModelRecord, tags: dict[str, str]) -> Lineage:
+    """The record's lineage, with what the registry version's tags add, and UI links."""
+    from loraflow import jobs, tracking
+    from loraflow.settings import get_settings
+
+    links = {}
+    settings = get_settings()
+    prefect = jobs.stack_url(settings, "prefect")
+    if prefect and record.prefect_flow_run_id:
+        ui = prefect.removesuffix("/api")
+        links["prefect_flow_run"] = f"{ui}/runs/flow-run/{record.prefect_flow_run_id}"
+    mlflow_ui = jobs.stack_url(settings, "mlflow")
+    if mlflow_ui:
+        experiment = tracking.configure(settings)
+        links["mlflow_run"] = f"{mlflow_ui}/#/experiments/{experiment}/runs/{record.mlflow_run_id}"
+    return Lineage(
+        **record.model_dump(include=set(Lineage.model_fields)),
+        dataset=tags.get(TAG_DATASET),
+        dataset_sha256=tags.get(TAG_DATASET_SHA256),
+        recipe=tags.get(registry.TAG_RECIPE),
+        promotion={k: v for k, v in tags.items() if k.startswith(TAG_PROMOTION)},
+        links=links,
     )
 
 
@@ -64,13 +90,17 @@ class Model:
         """
         if model in load_zoo():
             return _base(model)
-        return _fine_tuned(registry.read_record(registry.resolve(model)))
+        record = registry.read_record(registry.resolve(model))
+        version = registry.registered_version(record)
+        aliases = sorted(version.aliases) if version is not None else []
+        tags = dict(version.tags) if version is not None else {}
+        return _fine_tuned(record, aliases).model_copy(update={"lineage": _lineage(record, tags)})
 
     @classmethod
     def list(cls) -> ListLLMEndpointsResponse:
         """The base models of the zoo, then every fine-tune, oldest first."""
         bases = [_base(name) for name in load_zoo()]
-        tuned = [_fine_tuned(r, with_aliases=False) for r in registry.list_records()]
+        tuned = [_fine_tuned(r) for r in registry.list_records()]
         by_family: dict[str, dict[int, list[str]]] = {}  # one registry query per family
         for item in tuned:
             if item.registered_model is not None:
@@ -120,6 +150,6 @@ class Model:
             )
         record = registry.read_record(registry.resolve(model_name))
         store = registry.get_store()
-        prefix = record["adapter_prefix"] + "/"
+        prefix = record.adapter_prefix + "/"
         urls = {info.key[len(prefix) :]: store.url(info.key) for info in store.list(prefix)}
         return ModelDownloadResponse(urls=urls)
