@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo up down deploy lint format bench clean
+.PHONY: setup test test-fast demo up down deploy lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install loraflow with its test tools
 
-test: setup ## the full test suite
+test: setup ## the full test suite (what CI runs)
 	$(BIN)/python -m pytest
+
+test-fast: setup ## the unit tier, for iteration: no Prefect harness, servers or real model
+	$(BIN)/python -m pytest -m "not slow and not integration" -q
 
 demo: setup ## run the pipeline on the bundled dataset with the embedded defaults
 	$(BIN)/python -m deployments.demo
@@ -32,9 +35,11 @@ down: ## stop what `make up` started
 deploy: setup ## apply configs/deployments.yaml to the Prefect API (the stack's when it is up)
 	$(BIN)/loraflow deploy
 
-lint: setup ## static checks
+lint: setup ## static checks: style, the layer rules (ARCHITECTURE.md), types of the library
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy src/loraflow
 
 format: setup
 	$(BIN)/ruff check --fix .

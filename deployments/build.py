@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deployments.pools import ensure_work_pool
 from flows import config_model
 from loraflow.errors import ConfigError, field_problems
 from loraflow.jobs import DEPLOYMENT_NAME, DEVICE_LIMIT
@@ -73,7 +74,10 @@ class DeploymentsConfig(BaseModel):
     """configs/deployments.yaml."""
 
     model_config = ConfigDict(extra="forbid")
-    work_pool: str = Field("loraflow", description="The process work pool runs go to.")
+    work_pool: str = Field("loraflow", description="The work pool runs go to.")
+    work_pool_type: Literal["process"] = Field(
+        "process", description="process: a worker's subprocesses on its machine."
+    )
     device_slots: int = Field(1, ge=1, description="Fine-tunes that may train at once.")
     deployments: dict[str, DeploymentConfig] = Field(
         {}, description="Per flow name; every flow loraflow has must be listed."
@@ -149,7 +153,7 @@ def apply(path: Path | None = None) -> list[str]:
     config = load(path)
     built = build(config, path)
     with get_client(sync_client=True) as client:
-        ensure_work_pool(client, config.work_pool)
+        ensure_work_pool(client, config.work_pool, config.work_pool_type)
         ensure_device_limit(client, config.device_slots)
         for deployment in built:
             deployment_id = deployment.apply(work_pool_name=config.work_pool)
@@ -162,20 +166,6 @@ def drop_schedules(client: Any, deployment_id: Any) -> None:
     """Remove a deployment's schedules (applying a deployment without any keeps the old)."""
     for schedule in client.read_deployment_schedules(deployment_id):
         client.delete_deployment_schedule(deployment_id, schedule.id)
-
-
-def ensure_work_pool(client: Any, name: str) -> None:
-    """A process work pool called ``name`` (kept as it is when it exists)."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
-
-    try:
-        client.read_work_pool(name)
-    except ObjectNotFound:
-        template = ProcessWorker.get_default_base_job_template()
-        pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
-        client.create_work_pool(pool)
 
 
 def ensure_device_limit(client: Any, slots: int) -> None:

@@ -246,8 +246,7 @@ def promote(
     from pydantic import ValidationError
 
     from flows.promote import PromoteConfig, promote
-    from loraflow.completion import first_error
-    from loraflow.errors import InvalidRequestError
+    from loraflow.errors import InvalidRequestError, first_problem
 
     try:
         config = PromoteConfig(
@@ -258,7 +257,7 @@ def promote(
             alias=alias,
         )
     except ValidationError as exc:
-        raise InvalidRequestError(first_error(exc)) from None
+        raise InvalidRequestError(first_problem(exc)) from None
     with prefect():
         decision = promote(config)
     out.print(decision.to_markdown(), highlight=False, markup=False)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from typing import Any
 
 from loraflow import jobs, pidfile
 from loraflow.errors import LoraflowError
-from loraflow.settings import DEFAULT_CONFIG_FILE, Settings, get_settings
+from loraflow.settings import DEFAULT_CONFIG_FILE, Settings, get_settings, new_api_key
 
 HOST = "127.0.0.1"
 STOP_SECONDS = 40.0  # a worker gives its flow runs 30 s to end after SIGTERM
@@ -307,7 +306,7 @@ class Stack:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32))
+                f.write(new_api_key())
         return path.read_text().strip()
 
 

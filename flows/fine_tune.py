@@ -47,5 +47,8 @@ def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
         logger.info(str(exc))
         return Cancelled(message=str(exc))
     record = register_model(trained)
-    logger.info(f"fine-tune {job_id} succeeded: {record.fine_tuned_model}")
+    logger.info(
+        f"fine-tune {job_id} succeeded: fine-tuned model {record.fine_tuned_model} is ready "
+        f"(registered as {record.registered_model} version {record.version})"
+    )
     return record

@@ -126,3 +126,10 @@ def test_s3_gives_up_after_bounded_retries(s3_bucket: str, moto_endpoint: str) -
         with pytest.raises(StorageError, match="SlowDown"):
             store.put("k", b"payload")
     assert proxy.requests < 10  # a few attempts of the put and of the cleanup, then it stops
+
+
+def test_every_storage_scheme_settings_accept_has_a_store() -> None:
+    from loraflow.settings import STORAGE_SCHEMES
+    from loraflow.storage import STORES
+
+    assert set(STORES) == set(STORAGE_SCHEMES)

@@ -159,11 +159,11 @@ def run(
         if progress is not None:
             progress(min(start + config.batch_size, len(inputs)), len(inputs))
     location = write_results(config.output_data_path, job_id, ("\n".join(lines) + "\n").encode())
-    result = BatchResult(
+    summary = BatchResult(
         job_id=job_id, output_data_path=location, inputs=len(inputs), completion_tokens=tokens
     )
-    get_store().put(_summary_key(job_id), result.model_dump_json().encode())
-    return result
+    get_store().put(_summary_key(job_id), summary.model_dump_json().encode())
+    return summary
 
 
 def read_result(job_id: str) -> BatchResult | None:

@@ -1,4 +1,4 @@
-"""Completions on the engine: checking what callers send, batching it, shaping the answers.
+"""Completions: checking what callers send, batching it on the backend, shaping the answers.
 
 One code path serves the SDK (``Completion``), the ``complete`` task, batch jobs and the HTTP
 service. Everything a caller sends is checked before generation starts, so a bad request gets
@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loraflow.errors import InvalidRequestError, LoraflowError
+from loraflow.backends import CompletionBackend
+from loraflow.errors import InvalidRequestError, LoraflowError, first_problem
 from loraflow.types import (
     CompletionOutput,
     CompletionStreamOutput,
@@ -73,15 +74,7 @@ def params(**values: Any) -> Params:
     try:
         return Params(**values)
     except ValidationError as exc:
-        raise InvalidRequestError(first_error(exc)) from None
-
-
-def first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    field = ".".join(str(p) for p in error["loc"]) or "request"
-    message = error["msg"].removeprefix("Value error, ")
-    got = f" (got {error['input']!r})" if "input" in error and field != "request" else ""
-    return f"{field}: {message}{got}"
+        raise InvalidRequestError(first_problem(exc)) from None
 
 
 def check_messages(messages: Any, field: str = "messages") -> Messages:
@@ -108,20 +101,20 @@ def check_messages(messages: Any, field: str = "messages") -> Messages:
 
 
 def encode_input(
-    engine: Any, prompt: str | None, messages: Any, field: str = "prompt"
+    backend: CompletionBackend, prompt: str | None, messages: Any, field: str = "prompt"
 ) -> list[int]:
     """Prompt token ids for a prompt or chat messages (exactly one of them)."""
     if (prompt is None) == (messages is None):
         raise InvalidRequestError(f"{field}: send either a prompt or messages, not both or neither")
     if messages is not None:
-        return engine.encode(messages=check_messages(messages))
+        return backend.encode(messages=check_messages(messages))
     if not isinstance(prompt, str):
         raise InvalidRequestError(f"{field}: must be a string (got {type(prompt).__name__})")
-    return engine.encode(prompt)
+    return backend.encode(prompt)
 
 
 class Call:
-    """One completion call resolved against the engine: its requests, checked, ready to run."""
+    """One completion call resolved against its backend: its requests, checked, ready to run."""
 
     def __init__(
         self,
@@ -130,22 +123,23 @@ class Call:
         p: Params,
         num_generations: int = 1,
     ) -> None:
-        from loraflow.engine import Request, resolve_served
+        from loraflow import backends
+        from loraflow.engine import Request
 
         if num_generations < 1:
             raise InvalidRequestError(
                 f"num_generations: must be at least 1 (got {num_generations})"
             )
-        self.engine, adapter = resolve_served(model)
+        self.backend, adapter = backends.resolve(model)
         self.params = p
         self.num_generations = num_generations
         self.requests = []
         for i, (prompt, messages) in enumerate(inputs):
             field = "prompt" if len(inputs) == 1 else f"inputs[{i}]"
-            ids = encode_input(self.engine, prompt, messages, field)
+            ids = encode_input(self.backend, prompt, messages, field)
             for g in range(num_generations):
                 request = Request(ids, adapter, p.sampling(seed_offset=g))
-                self.engine.check(request, field)
+                self.backend.check(request, field)
                 self.requests.append(request)
 
     def events(self, batch: list[Any] | None = None) -> Iterator[Any]:
@@ -153,7 +147,7 @@ class Call:
 
         Event indexes count within the batch. Raises CompletionTimeoutError on a timeout.
         """
-        for event in self.engine.submit(batch or self.requests, timeout=self.params.timeout):
+        for event in self.backend.submit(batch or self.requests, timeout=self.params.timeout):
             if event.finish_reason == "timeout":
                 raise CompletionTimeoutError(
                     f"timeout: the completion took longer than {self.params.timeout} s; "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -56,7 +57,28 @@ class DataValidationError(LoraflowError, ValueError):
         super().__init__(report.describe())
 
 
+def describe_errors(
+    errors: Iterable[Mapping[str, Any]], whole: str, limit: int | None = None, inputs: bool = False
+) -> str:
+    """pydantic's (or FastAPI's) problems as ``field.path: message``, joined by ``; ``: the
+    one formatter of validation errors. ``whole`` names a problem of the object itself;
+    ``limit`` keeps the first ones; ``inputs`` adds the value that was given."""
+    shown = []
+    for error in list(errors)[:limit]:
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query")]
+        field = ".".join(loc) or whole
+        text = f"{field}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+        if inputs and "input" in error and loc:
+            text += f" (got {error['input']!r})"
+        shown.append(text)
+    return "; ".join(shown)
+
+
 def field_problems(exc: ValidationError, whole: str) -> str:
-    """Every problem pydantic found, ``field.path: message`` joined by ``; `` (``whole``
-    names a problem of the object itself)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())
+    """Every problem pydantic found (``whole`` names a problem of the object itself)."""
+    return describe_errors(exc.errors(), whole)
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first problem pydantic found, with the value given: for a request's answer."""
+    return describe_errors(exc.errors(), "request", limit=1, inputs=True)

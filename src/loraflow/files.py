@@ -9,6 +9,7 @@ dataset is validated once, when it is stored.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import string
@@ -132,7 +133,8 @@ class FileRepository:
             )
             self.store.put(_key(file_id, "meta.json"), record.model_dump_json(indent=2).encode())
         except BaseException:
-            self._remove(file_id)
+            with contextlib.suppress(Exception):  # the store's own error is the one to tell
+                self._remove(file_id)
             raise
         return record
 

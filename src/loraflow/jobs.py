@@ -196,7 +196,7 @@ def cancel_job_run(client: Any, run: Any) -> bool:
         StateType.PENDING,
         StateType.PAUSED,
     }
-    new = Cancelled(message="cancelled before it started") if waiting else Cancelling()
+    new: Any = Cancelled(message="cancelled before it started") if waiting else Cancelling()
     client.set_flow_run_state(run.id, new, force=True)
     return True
 

@@ -27,6 +27,7 @@ from pydantic_settings import (
 from loraflow.errors import ConfigError, field_problems
 
 DEFAULT_CONFIG_FILE = Path("configs/stack.yaml")
+STORAGE_SCHEMES = ("file", "s3")  # the keys of loraflow.storage.STORES
 # URL-valued settings may carry a password (user:pass@host); reprs and dumps mask it.
 _URL_FIELDS = ("storage_uri", "s3_endpoint_url", "mlflow_tracking_uri", "prefect_api_url")
 
@@ -71,6 +72,16 @@ class StackConfig(BaseModel):
     start_timeout: float = Field(180, gt=0, description="Seconds a service may take to be up.")
 
 
+class ServingConfig(BaseModel):
+    """What generates completions (``loraflow.backends``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["engine"] = Field(
+        "engine", description="engine: loraflow's in-process engine (transformers + peft)."
+    )
+
+
 class Settings(BaseSettings):
     """Where loraflow keeps its state and how it reaches its services."""
 
@@ -111,6 +122,7 @@ class Settings(BaseSettings):
     )
     validation: ValidationConfig = ValidationConfig()
     stack: StackConfig = StackConfig()
+    serving: ServingConfig = ServingConfig()
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         [],
         description="Keys the HTTP service accepts (comma-separated in LORAFLOW_API_KEYS); "
@@ -135,9 +147,10 @@ class Settings(BaseSettings):
     @field_validator("storage_uri")
     @classmethod
     def _check_storage_uri(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("file://", "s3://")):
+        if value is not None and not value.startswith(tuple(f"{s}://" for s in STORAGE_SCHEMES)):
             raise ValueError(
-                f"storage_uri must start with file:// or s3://, got {mask_url(value)!r}"
+                f"storage_uri must start with {' or '.join(f'{s}://' for s in STORAGE_SCHEMES)}, "
+                f"got {mask_url(value)!r}"
             )
         return value
 
@@ -216,6 +229,13 @@ def reset() -> None:
     get_settings.cache_clear()
     for forget in _RESETS:
         forget()
+
+
+def new_api_key() -> str:
+    """A new key for the HTTP service: ``lf-`` and 32 random URL-safe characters."""
+    import secrets
+
+    return "lf-" + secrets.token_urlsafe(24)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class AdapterModel(PythonModel):
     def load_context(self, context: Any) -> None:
         self.model, self.tokenizer = load_adapter(Path(context.artifacts["adapter"]))
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(self, context, model_input, params=None):
         if hasattr(
             model_input, "columns"
         ):  # MLflow passes a DataFrame: "prompt" or the only column

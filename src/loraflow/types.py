@@ -8,7 +8,7 @@ Fields beyond the client's are optional extras it ignores. Only pydantic is impo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel
 
@@ -41,11 +41,32 @@ __all__ = [
     "ListLLMEndpointsResponse",
     "ModelDownloadResponse",
     "ModelStatus",
+    "SamplingOptions",
+    "SamplingParams",
     "StreamError",
     "StreamErrorContent",
     "TokenOutput",
     "UploadFileResponse",
 ]
+
+
+class SamplingOptions(TypedDict, total=False):
+    """How a completion samples, beside its length and temperature (see SamplingParams)."""
+
+    stop_sequences: list[str] | None  # text ends before the first of these
+    return_token_log_probs: bool
+    top_p: float | None  # nucleus sampling, in (0, 1]
+    top_k: int | None  # top-k sampling; -1 or None: off
+    seed: int | None  # makes sampling repeatable
+    timeout: float | None  # seconds before CompletionTimeoutError
+
+
+class SamplingParams(SamplingOptions, total=False):
+    """Every sampling setting of a completion call, as LLM Engine names them: declared once,
+    taken by ``Completion`` as keyword arguments and checked by ``loraflow.completion.Params``."""
+
+    max_new_tokens: int  # new tokens, at most
+    temperature: float  # 0 is greedy; at most 1
 
 
 class UploadFileResponse(BaseModel):

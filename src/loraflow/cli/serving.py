@@ -104,7 +104,7 @@ def complete(
         None if messages else prompt,
         max_new_tokens,
         temperature,
-        stop,
+        stop_sequences=stop,
         timeout=timeout,
         stream=True,
         seed=seed,

@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from loraflow.data.readers import Table, detect_format, read_csv, read_jsonl
-from loraflow.data.report import ValidationReport
+from loraflow.data.report import Severity, ValidationReport
 from loraflow.errors import DataValidationError
 from loraflow.settings import ValidationConfig
 
@@ -148,7 +148,9 @@ def _check_values(table: Table, report: ValidationReport, config: ValidationConf
         name, template = _MESSAGES.get(check, (check, check))
         if index in empty and name != "empty_row":
             continue  # one message for an empty row, not one per column
-        severity = "warning" if name == "duplicate" and config.duplicates == "warn" else "error"
+        severity: Severity = (
+            "warning" if name == "duplicate" and config.duplicates == "warn" else "error"
+        )
         if name == "duplicate":
             if index not in first_line:
                 continue  # a hash collision, not a real duplicate

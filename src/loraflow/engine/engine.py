@@ -38,7 +38,7 @@ class Engine:
         gpu = torch.cuda.is_available()
         dtype = _dtype(spec.dtype, gpu and torch.cuda.is_bf16_supported())
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        self.model = (model.to("cuda") if gpu else model).eval()
+        self.model = (model.to("cuda") if gpu else model).eval()  # type: ignore[arg-type]
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
         self.use_chat = spec.formats_chat(self.tokenizer)
         self.adapters: dict[str, str] = {}  # model name -> peft adapter name

@@ -147,7 +147,8 @@ def _fit(
 
     An idle engine always takes the first one, however large.
     """
-    taken, size = [], 0
+    taken: list[Any] = []
+    size = 0
     for n, sub in enumerate(waiting):
         if size + len(sub.requests) > room and (taken or running):
             return taken, waiting[n:]

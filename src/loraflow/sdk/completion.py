@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Literal, overload
+from typing import Any, Literal, Unpack, overload
 
 from pydantic import ValidationError
 
 from loraflow import completion
 from loraflow.aio import iterate_in_thread
-from loraflow.errors import InvalidRequestError
+from loraflow.completion import Params
+from loraflow.errors import InvalidRequestError, first_problem
 from loraflow.sdk.types import (
     BatchCompletionsJob,
     CancelBatchCompletionResponse,
@@ -25,9 +26,32 @@ from loraflow.sdk.types import (
     CreateBatchCompletionsResponse,
     GenerateOutput,
     GetBatchCompletionResponse,
+    SamplingOptions,
+    SamplingParams,
 )
 
 Messages = list[dict[str, str]]
+CREATE_TIMEOUT = 10.0  # seconds, as LLM Engine's client
+
+
+# LLM Engine's client takes these after the prompt, in this order, positionally too.
+POSITIONAL = (
+    "max_new_tokens",
+    "temperature",
+    "stop_sequences",
+    "return_token_log_probs",
+    "timeout",
+)
+
+
+def _params(args: tuple[Any, ...], named: dict[str, Any], defaults: dict[str, Any]) -> Params:
+    """The checked sampling settings of a call: positional ones in LLM Engine's order."""
+    if len(args) > len(POSITIONAL):
+        raise TypeError(f"at most {len(POSITIONAL)} sampling settings go by position")
+    given = dict(zip(POSITIONAL, args, strict=False))
+    if twice := sorted(given.keys() & named.keys()):
+        raise TypeError(f"{', '.join(twice)} given by position and by name")
+    return completion.params(**(defaults | given | named))
 
 
 class Completion:
@@ -41,14 +65,10 @@ class Completion:
         prompt: str | None = None,
         max_new_tokens: int = 20,
         temperature: float = 0.2,
-        stop_sequences: list[str] | None = None,
-        return_token_log_probs: bool = False,
-        timeout: float | None = 10,
+        *,
         stream: Literal[False] = False,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         messages: Messages | None = None,
+        **params: Unpack[SamplingOptions],
     ) -> CompletionSyncResponse: ...
 
     @overload
@@ -59,15 +79,10 @@ class Completion:
         prompt: str | None = None,
         max_new_tokens: int = 20,
         temperature: float = 0.2,
-        stop_sequences: list[str] | None = None,
-        return_token_log_probs: bool = False,
-        timeout: float | None = 10,
         *,
         stream: Literal[True],
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         messages: Messages | None = None,
+        **params: Unpack[SamplingOptions],
     ) -> Iterator[CompletionStreamResponse]: ...
 
     @classmethod
@@ -75,35 +90,23 @@ class Completion:
         cls,
         model: str,
         prompt: str | None = None,
-        max_new_tokens: int = 20,
-        temperature: float = 0.2,
-        stop_sequences: list[str] | None = None,
-        return_token_log_probs: bool = False,
-        timeout: float | None = 10,
+        *args: Any,
         stream: bool = False,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         messages: Messages | None = None,
+        **params: Any,
     ) -> CompletionSyncResponse | Iterator[CompletionStreamResponse]:
         """Complete ``prompt`` (or chat ``messages``) with ``model``.
 
         ``model`` is a base model, a fine-tuned model name, ``family@alias`` or
-        ``family/version``. Temperature 0 is greedy; ``seed`` makes sampling repeatable; text
-        ends before the first stop sequence. Raises InvalidRequestError naming a bad field,
-        NotFoundError for an unknown model, CompletionTimeoutError after ``timeout`` seconds.
-        With ``stream=True`` the request is checked at once, then chunks carry new text.
+        ``family/version``. Sampling settings (``SamplingParams``) go by name, or after the
+        prompt in LLM Engine's order (max_new_tokens, temperature, stop_sequences,
+        return_token_log_probs, timeout); the timeout is 10 s unless given. Temperature 0 is
+        greedy; ``seed`` makes sampling repeatable; text ends before the first stop sequence.
+        Raises InvalidRequestError naming a bad field, NotFoundError for an unknown model,
+        CompletionTimeoutError after ``timeout`` seconds. With ``stream=True`` the request is
+        checked at once, then chunks carry new text.
         """
-        p = completion.params(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            stop_sequences=stop_sequences,
-            return_token_log_probs=return_token_log_probs,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            timeout=timeout,
-        )
+        p = _params(args, params, {"timeout": CREATE_TIMEOUT})
         if stream:
             return completion.stream(model, prompt, messages, p)
         return completion.complete(model, prompt, messages, p)
@@ -116,14 +119,10 @@ class Completion:
         prompt: str | None = None,
         max_new_tokens: int = 20,
         temperature: float = 0.2,
-        stop_sequences: list[str] | None = None,
-        return_token_log_probs: bool = False,
-        timeout: float | None = 10,
+        *,
         stream: Literal[False] = False,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         messages: Messages | None = None,
+        **params: Unpack[SamplingOptions],
     ) -> CompletionSyncResponse: ...
 
     @overload
@@ -134,15 +133,10 @@ class Completion:
         prompt: str | None = None,
         max_new_tokens: int = 20,
         temperature: float = 0.2,
-        stop_sequences: list[str] | None = None,
-        return_token_log_probs: bool = False,
-        timeout: float | None = 10,
         *,
         stream: Literal[True],
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         messages: Messages | None = None,
+        **params: Unpack[SamplingOptions],
     ) -> AsyncIterator[CompletionStreamResponse]: ...
 
     @classmethod
@@ -150,39 +144,20 @@ class Completion:
         cls,
         model: str,
         prompt: str | None = None,
-        max_new_tokens: int = 20,
-        temperature: float = 0.2,
-        stop_sequences: list[str] | None = None,
-        return_token_log_probs: bool = False,
-        timeout: float | None = 10,
+        *args: Any,
         stream: bool = False,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
         messages: Messages | None = None,
+        **params: Any,
     ) -> CompletionSyncResponse | AsyncIterator[CompletionStreamResponse]:
         """The asyncio twin of ``create``: generation runs in a worker thread.
 
         With ``stream=True``, awaiting it checks the request and returns an async iterator
         of chunks; leaving the iteration early stops the generation.
         """
-        call = functools.partial(
-            cls.create,
-            model,
-            prompt,
-            max_new_tokens,
-            temperature,
-            stop_sequences,
-            return_token_log_probs,
-            timeout,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            messages=messages,
-        )
+        p = _params(args, params, {"timeout": CREATE_TIMEOUT})
         if not stream:
-            return await asyncio.to_thread(call)
-        chunks = await asyncio.to_thread(call, stream=True)
+            return await asyncio.to_thread(completion.complete, model, prompt, messages, p)
+        chunks = await asyncio.to_thread(completion.stream, model, prompt, messages, p)
         return iterate_in_thread(lambda: chunks)
 
     @classmethod
@@ -191,15 +166,8 @@ class Completion:
         model: str,
         inputs: Sequence[str | Messages],
         num_generations: int = 1,
-        max_new_tokens: int = 20,
-        temperature: float = 0.2,
-        stop_sequences: list[str] | None = None,
-        return_token_log_probs: bool = False,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        seed: int | None = None,
-        timeout: float | None = None,
         batch_size: int = 32,
+        **params: Unpack[SamplingParams],
     ) -> list[GenerateOutput]:
         """``num_generations`` completions for each input, a prompt or chat messages.
 
@@ -207,24 +175,22 @@ class Completion:
         of every input samples with ``seed + g``. Returns one GenerateOutput per input, in
         order, with its texts, outputs and token statistics.
         """
-        p = completion.params(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            stop_sequences=stop_sequences,
-            return_token_log_probs=return_token_log_probs,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            timeout=timeout,
-        )
+        p = _params((), dict(params), {})
         return completion.generate(model, inputs, p, num_generations, batch_size)
 
     @classmethod
     async def agenerate(
-        cls, model: str, inputs: Sequence[str | Messages], **kwargs: Any
+        cls,
+        model: str,
+        inputs: Sequence[str | Messages],
+        num_generations: int = 1,
+        batch_size: int = 32,
+        **params: Unpack[SamplingParams],
     ) -> list[GenerateOutput]:
         """The asyncio twin of ``generate``."""
-        return await asyncio.to_thread(cls.generate, model, inputs, **kwargs)
+        return await asyncio.to_thread(
+            functools.partial(cls.generate, model, inputs, num_generations, batch_size, **params)
+        )
 
     @classmethod
     def batch_create(
@@ -267,7 +233,7 @@ class Completion:
                 batch_size=batch_size,
             )
         except ValidationError as exc:
-            raise InvalidRequestError(completion.first_error(exc)) from None
+            raise InvalidRequestError(first_problem(exc)) from None
         job_id = batch.JOB_IDS.new()
         start_job(batch.FLOW_NAME, {"config": config.model_dump()}, job_id, batch.TAG)
         return CreateBatchCompletionsResponse(job_id=job_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
@@ -11,12 +10,12 @@ DEFAULT_PORT = 5005
 
 def api_keys_or_new() -> tuple[list[str], str | None]:
     """The configured API keys, or one new key (returned second, to be shown once)."""
-    from loraflow.settings import get_settings
+    from loraflow.settings import get_settings, new_api_key
 
     keys = [k.get_secret_value() for k in get_settings().api_keys]
     if keys:
         return keys, None
-    key = "lf-" + secrets.token_urlsafe(24)
+    key = new_api_key()
     return [key], key
 
 

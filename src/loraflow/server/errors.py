@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraflow.errors import LoraflowError
+from loraflow.errors import LoraflowError, describe_errors
 
 log = logging.getLogger("loraflow.server")
 UNAUTHORIZED = "missing or wrong API key: send it as x-api-key, HTTP Basic username or Bearer"
@@ -82,8 +82,7 @@ def describe_validation(errors: Any) -> str:
     if not errors:
         return "invalid request"
     error = errors[0]
-    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query")]
-    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     if error.get("type") == "json_invalid":
-        return f"the body is not valid JSON: {error.get('ctx', {}).get('error', message)}"
-    return f"{'.'.join(loc) or 'body'}: {message}"
+        found = error.get("ctx", {}).get("error", error.get("msg", "invalid"))
+        return f"the body is not valid JSON: {found}"
+    return describe_errors(errors, "body", limit=1)

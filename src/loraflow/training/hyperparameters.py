@@ -85,7 +85,7 @@ def _lora_value(key: str, raw: Any, kind: type, low: float | None, high: float |
             value = raw if isinstance(raw, kind) else kind(raw)
     except (ValueError, TypeError, KeyError):
         raise ValueError(f"Invalid value received for lora parameter {key!r}: {raw!r}") from None
-    if low is not None and not low <= value <= high:  # type: ignore[operator]
+    if low is not None and not low <= value <= high:
         raise ValueError(
             f"Invalid value received for lora parameter {key!r}: {raw!r} (allowed {low}..{high})"
         )
