@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loraflow.backends import CompletionBackend
+from loraflow.chat import chat_problem
 from loraflow.errors import InvalidRequestError, LoraflowError, first_problem
 from loraflow.types import (
     CompletionOutput,
@@ -22,10 +23,10 @@ from loraflow.types import (
     CompletionSyncResponse,
     GenerateOutput,
     GenerationStatistics,
+    SamplingParams,
     TokenOutput,
 )
 
-ROLES = ("system", "user", "assistant")
 Messages = list[dict[str, str]]
 
 
@@ -69,7 +70,7 @@ class Params(BaseModel):
         )
 
 
-def params(**values: Any) -> Params:
+def params(**values: Unpack[SamplingParams]) -> Params:
     """Checked Params; raises InvalidRequestError naming the first bad field."""
     try:
         return Params(**values)
@@ -78,25 +79,11 @@ def params(**values: Any) -> Params:
 
 
 def check_messages(messages: Any, field: str = "messages") -> Messages:
-    """OpenAI-style chat turns: a list of {"role", "content"}, the last one from the user."""
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError(f"{field}: send a non-empty list of {{role, content}} turns")
-    for i, turn in enumerate(messages):
-        where = f"{field}[{i}]"
-        if not isinstance(turn, dict):
-            raise InvalidRequestError(f"{where}: a turn is an object with role and content")
-        if turn.get("role") not in ROLES:
-            raise InvalidRequestError(
-                f"{where}.role: must be one of {', '.join(ROLES)} (got {turn.get('role')!r})"
-            )
-        if not isinstance(turn.get("content"), str):
-            raise InvalidRequestError(f"{where}.content: must be a string")
-        if turn["role"] == "system" and i > 0:
-            raise InvalidRequestError(f"{where}.role: a system message can only come first")
-    if messages[-1]["role"] != "user":
-        raise InvalidRequestError(
-            f"{field}[{len(messages) - 1}].role: the last turn must be the user's"
-        )
+    """OpenAI-style chat turns (``loraflow.chat``), the last one from the user; the turns as
+    ``{role, content}``. InvalidRequestError names the turn and field."""
+    problem = chat_problem(messages, field, ends_with="user")
+    if problem:
+        raise InvalidRequestError(problem)
     return [{"role": t["role"], "content": t["content"]} for t in messages]
 
 

@@ -160,10 +160,10 @@ def test_fine_tune_runs_to_success_with_events_tracking_and_outputs(
     assert any("is ready" in m for m in messages(job.id))
 
     record = json.loads(get_store().get_bytes(f"models/{done.fine_tuned_model}.json"))
-    assert record.job_id == job.id and record.base_model == "tiny-llama-test"
+    assert record["job_id"] == job.id and record["base_model"] == "tiny-llama-test"
     assert get_store().exists(f"fine-tunes/{job.id}/adapter/adapter_model.safetensors")
     mlflow.set_tracking_uri(f"sqlite:///{Path(os.environ['LORAFLOW_HOME']) / 'mlflow.db'}")
-    run = mlflow.get_run(record.mlflow_run_id)
+    run = mlflow.get_run(record["mlflow_run_id"])
     assert run.data.params["training_file"] == training_file
     assert run.data.params["base_model"] == "tiny-llama-test"
     assert run.data.params["lr"] == "0.01"

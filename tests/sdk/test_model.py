@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+import loraflow
 from loraflow import Completion, InvalidRequestError, Model, NotFoundError, registry
 from loraflow.tracking import configure
 from tests.helpers import tiny_fine_tune
@@ -47,6 +48,17 @@ def test_a_fine_tune_is_registered_with_lineage_and_served_by_every_reference(
         1,
         ["champion"],
     )
+    lineage = info.lineage
+    assert lineage is not None and lineage.job_id == outcome.job_id
+    assert (lineage.training_file, lineage.training_sha256) == (
+        outcome.training_file,
+        outcome.training_sha256,
+    )
+    assert (lineage.base_model, lineage.base_revision) == ("tiny-llama-test", outcome.base_revision)
+    assert lineage.hyperparameters["epochs"] == 3 and lineage.hyperparameters["seed"] == 42
+    assert lineage.loraflow_version == loraflow.__version__ and lineage.code_commit
+    assert lineage.mlflow_run_id == outcome.mlflow_run_id
+    assert lineage.prefect_flow_run_id == tags["prefect.flow_run_id"]
     for reference in (
         "tiny-llama-test.lineage@champion",
         "tiny-llama-test.lineage/1",
@@ -108,3 +120,17 @@ def test_download_urls_fetch_the_adapter(tmp_path: Path, backend: str) -> None:
         Model.download(name, download_format="gguf")
     with pytest.raises(NotFoundError, match="base model"):
         Model.download("tiny-llama-test")
+
+
+def test_the_same_recipe_and_seed_give_the_same_loss_curve(tmp_path: Path) -> None:
+    first = tiny_fine_tune(tmp_path, "again-a", rows=24, epochs=2)
+    second = tiny_fine_tune(tmp_path, "again-b", rows=24, epochs=2)
+    assert first.training_sha256 == second.training_sha256
+    configure()
+    client = MlflowClient()
+    curves = [
+        [(m.step, m.value) for m in client.get_metric_history(run, "loss")]
+        for run in (first.mlflow_run_id, second.mlflow_run_id)
+    ]
+    assert len(curves[0]) > 2 and curves[0] == curves[1]
+    assert first.eval_loss == second.eval_loss

@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import polars as pl
 
+from loraflow.chat import chat_problem
 from loraflow.data.report import ValidationReport
 
 Format = Literal["csv", "jsonl"]
 COLUMN_SETS = (("prompt", "response"), ("input", "output"))
-ROLES = {"system", "user", "assistant"}
 _SIGNATURES = {
     b"PK\x03\x04": "a ZIP archive (an Excel workbook?)",
     b"PAR1": "a Parquet file",
@@ -266,7 +266,7 @@ def _chat_row(
     messages: Any, number: int, report: ValidationReport, max_chars: int
 ) -> dict[str, Any] | None:
     """Check one OpenAI-style conversation; its last assistant turn is the response."""
-    problem = chat_problem(messages, max_chars)
+    problem = chat_problem(messages, ends_with="assistant", max_chars=max_chars)
     if problem:
         report.add("messages", problem, line=number, column="messages")
         return None
@@ -276,26 +276,3 @@ def _chat_row(
         "response": messages[-1]["content"],
         "messages": json.dumps(messages, ensure_ascii=False),
     }
-
-
-def chat_problem(messages: Any, max_chars: int | None = None) -> str | None:
-    """What is wrong with a chat ``messages`` value, or None if it is well formed."""
-    if not isinstance(messages, list) or not messages:
-        return "messages must be a non-empty list of {role, content} objects"
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
-            return f"message {index} must be an object with role and content"
-        if message.get("role") not in ROLES:
-            return (
-                f"message {index} has role {message.get('role')!r}; use system, user or assistant"
-            )
-        content = message.get("content")
-        if not isinstance(content, str) or not content.strip():
-            return f"message {index} ({message['role']}) has no text content"
-        if max_chars is not None and len(content) > max_chars:
-            return f"message {index} ({message['role']}) is longer than {max_chars:,} characters"
-    if messages[-1]["role"] != "assistant":
-        return "the last message must be the assistant's answer to learn from"
-    if not any(m["role"] == "user" for m in messages):
-        return "the conversation needs at least one user message"
-    return None

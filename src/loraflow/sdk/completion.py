@@ -27,7 +27,6 @@ from loraflow.sdk.types import (
     GenerateOutput,
     GetBatchCompletionResponse,
     SamplingOptions,
-    SamplingParams,
 )
 
 Messages = list[dict[str, str]]
@@ -166,8 +165,11 @@ class Completion:
         model: str,
         inputs: Sequence[str | Messages],
         num_generations: int = 1,
+        max_new_tokens: int = 20,
+        temperature: float = 0.2,
+        *,
         batch_size: int = 32,
-        **params: Unpack[SamplingParams],
+        **params: Unpack[SamplingOptions],
     ) -> list[GenerateOutput]:
         """``num_generations`` completions for each input, a prompt or chat messages.
 
@@ -175,7 +177,7 @@ class Completion:
         of every input samples with ``seed + g``. Returns one GenerateOutput per input, in
         order, with its texts, outputs and token statistics.
         """
-        p = _params((), dict(params), {})
+        p = _params((max_new_tokens, temperature), dict(params), {})
         return completion.generate(model, inputs, p, num_generations, batch_size)
 
     @classmethod
@@ -184,13 +186,24 @@ class Completion:
         model: str,
         inputs: Sequence[str | Messages],
         num_generations: int = 1,
+        max_new_tokens: int = 20,
+        temperature: float = 0.2,
+        *,
         batch_size: int = 32,
-        **params: Unpack[SamplingParams],
+        **params: Unpack[SamplingOptions],
     ) -> list[GenerateOutput]:
         """The asyncio twin of ``generate``."""
-        return await asyncio.to_thread(
-            functools.partial(cls.generate, model, inputs, num_generations, batch_size, **params)
+        call = functools.partial(
+            cls.generate,
+            model,
+            inputs,
+            num_generations,
+            max_new_tokens,
+            temperature,
+            batch_size=batch_size,
+            **params,
         )
+        return await asyncio.to_thread(call)
 
     @classmethod
     def batch_create(

@@ -1,0 +1,46 @@
+"""Chat turns (OpenAI's ``[{role, content}, ...]``): the one check of their shape, for datasets
+and for requests. Only the standard library is imported here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+ROLES = ("system", "user", "assistant")
+
+
+def chat_problem(
+    messages: Any,
+    field: str = "messages",
+    *,
+    ends_with: Literal["user", "assistant"],
+    max_chars: int | None = None,
+) -> str | None:
+    """What is wrong with chat ``messages``, naming the turn (``messages[2].role: …``), or None.
+
+    A dataset row ends with the assistant's answer to learn from (``ends_with="assistant"``,
+    whose text must not be blank); a request ends with the user's turn. A system turn may
+    only come first; ``max_chars`` limits each turn's text.
+    """
+    if not isinstance(messages, list) or not messages:
+        return f"{field}: send a non-empty list of {{role, content}} turns"
+    learning = ends_with == "assistant"
+    for i, turn in enumerate(messages):
+        where = f"{field}[{i}]"
+        if not isinstance(turn, dict) or set(turn) - {"role", "content", "name"}:
+            return f"{where}: a turn is an object with role and content"
+        if turn.get("role") not in ROLES:
+            return f"{where}.role: must be one of {', '.join(ROLES)} (got {turn.get('role')!r})"
+        content = turn.get("content")
+        if not isinstance(content, str) or (learning and not content.strip()):
+            return f"{where}.content: must be {'text' if learning else 'a string'}"
+        if max_chars is not None and len(content) > max_chars:
+            return f"{where}.content: longer than {max_chars:,} characters"
+        if turn["role"] == "system" and i > 0:
+            return f"{where}.role: a system message can only come first"
+    last = f"{field}[{len(messages) - 1}].role"
+    if messages[-1]["role"] != ends_with:
+        owner = "the assistant's answer to learn from" if learning else "the user's"
+        return f"{last}: the last turn must be {owner}"
+    if not any(t["role"] == "user" for t in messages):
+        return f"{field}: the conversation needs at least one user turn"
+    return None
