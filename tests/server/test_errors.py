@@ -10,7 +10,9 @@ import pytest
 
 import loraflow
 from loraflow.errors import LoraflowError
+from loraflow.registry import ModelRecord, record_key
 from loraflow.settings import reset
+from loraflow.storage import get_store
 from tests.conftest import free_port
 from tests.helpers import csv_rows
 from tests.server.conftest import API_KEY
@@ -67,14 +69,26 @@ def test_storage_that_is_down_is_503_and_stores_nothing(
     assert response.status_code == 503 and "upload to s3://bucket" in response.json()["detail"]
 
 
-@pytest.mark.usefixtures("prefect_harness")
-def test_a_missing_deployment_is_503_saying_how_to_get_one(server: str) -> None:
-    file_id = upload(server, csv_rows(5)).json()["id"]
-    body = {"model": "tiny-llama-test", "training_file": file_id}
-    response = call(server, "POST", "/v1/llm/fine-tunes", json=body)
+def test_a_model_this_server_cannot_serve_is_503_saying_why(server: str) -> None:
+    # a fine-tune made on another revision of the base model than the one prepared here
+    record = ModelRecord(
+        fine_tuned_model="tiny-llama-test.elsewhere.261201-000000",
+        job_id="ft-" + "a" * 20,
+        base_model="tiny-llama-test",
+        base_revision="another-revision",
+        adapter_prefix="fine-tunes/ft-aaaaaaaaaaaaaaaaaaaa/adapter",
+        model_uri="models:/m-0",
+        mlflow_run_id="0" * 32,
+        steps=1,
+        training_file="file-abcdefgh",
+        training_sha256="0" * 64,
+    )
+    get_store().put(record_key(record.fine_tuned_model), record.model_dump_json().encode())
+    body = {"prompt": "Hi", "max_new_tokens": 2, "temperature": 0}
+    path = f"/v1/llm/completions-sync?model_endpoint_name={record.fine_tuned_model}"
+    response = call(server, "POST", path, json=body)
     assert response.status_code == 503
-    assert "no fine-tune/loraflow deployment" in response.json()["detail"]
-    assert "make up" in response.json()["detail"]
+    assert "revision another-revision" in response.json()["detail"]
 
 
 def test_every_error_class_is_a_4xx_unless_it_is_a_server_fault() -> None:
