@@ -9,41 +9,10 @@ from __future__ import annotations
 import sys
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field
 
-from loraflow.data import ValidationSummary
 from loraflow.data.sources import resolve_source
-from loraflow.settings import ValidationConfig
+from loraflow.files import IngestConfig, IngestResult
 from tasks.files import ingest_dataset
-
-
-class IngestConfig(BaseModel):
-    """What to ingest and how."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = Field(
-        "builtin:customer_support.csv",
-        description="Local CSV/JSONL path, or builtin:<name> for a bundled dataset.",
-    )
-    validation_fraction: float = Field(
-        0.1, ge=0, lt=1, description="Share of rows split off as the validation file; 0 keeps all."
-    )
-    seed: int = Field(42, description="Seed of the train/validation split.")
-    limits: ValidationConfig | None = Field(
-        None, description="Validation limits; unset uses the stack settings."
-    )
-
-
-class IngestResult(BaseModel):
-    """The stored files."""
-
-    training_file: str
-    validation_file: str | None
-    training_rows: int
-    validation_rows: int
-    sha256: str
-    validation: ValidationSummary | None = None  # of the whole dataset, before the split
 
 
 @flow(name="ingest", log_prints=True)

@@ -8,17 +8,9 @@ moves only on promotion. ``promote(PromoteConfig(model="…", validation_file="f
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 
-from loraflow.promotion import Decision, Gate
+from loraflow.promotion import Decision, PromoteConfig
 from tasks.promote import record_decision, score_model
-
-
-class PromoteConfig(Gate):
-    """What to evaluate, against which data, and when it wins."""
-
-    model: str = Field("", description="Candidate: fine-tuned model name or family/version.")
-    validation_file: str = Field("", description="File id of prompt/response rows to score on.")
 
 
 @flow(name="promote", log_prints=True)

@@ -6,14 +6,14 @@ worker loads the base model, later calls, from any flow run in that process, reu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from loraflow.batch import BatchCompleteConfig, BatchResult
-from loraflow.types import CompletionSyncResponse
+from loraflow.types import CompletionSyncResponse, SamplingOptions
 
 
 @task(name="complete", tags=["loraflow", "completion"], cache_policy=NO_CACHE)
@@ -23,30 +23,19 @@ def complete(
     messages: list[dict[str, str]] | None = None,
     max_new_tokens: int = 64,
     temperature: float = 0.2,
-    stop_sequences: list[str] | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    seed: int | None = None,
-    return_token_log_probs: bool = False,
-    timeout: float | None = 60,
+    **options: Unpack[SamplingOptions],
 ) -> CompletionSyncResponse:
     """Complete a prompt (or chat messages) with a model reference; ``.output.text`` is it.
 
-    ``model``: a base model, a fine-tuned model name, ``family@alias`` or ``family/version``.
-    Bad input raises InvalidRequestError naming the field; nothing is retried.
+    ``model``: a base model, a fine-tuned model name, ``family@alias`` or ``family/version``;
+    ``options``: the rest of LLM Engine's sampling settings (``stop_sequences``, ``seed``…;
+    ``timeout`` defaults to 60 s). Bad input raises InvalidRequestError naming the field;
+    nothing is retried.
     """
     from loraflow import completion
 
-    p = completion.params(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        stop_sequences=stop_sequences,
-        return_token_log_probs=return_token_log_probs,
-        top_p=top_p,
-        top_k=top_k,
-        seed=seed,
-        timeout=timeout,
-    )
+    options.setdefault("timeout", 60)
+    p = completion.params(max_new_tokens=max_new_tokens, temperature=temperature, **options)
     response = completion.complete(model, prompt, messages, p)
     out = response.output
     get_run_logger().info(

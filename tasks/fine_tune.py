@@ -217,7 +217,10 @@ def device_slot(reporter: PrefectReporter) -> Iterator[None]:
     reporter.event(f"waiting for a slot of the {DEVICE_LIMIT!r} concurrency limit")
     with concurrency(DEVICE_LIMIT, occupy=1, strict=True):
         reporter.event(f"holding a {DEVICE_LIMIT!r} slot")
-        yield
+        try:
+            yield
+        finally:  # logged inside the slot, so it precedes any later holder's "holding" line
+            reporter.event(f"releasing the {DEVICE_LIMIT!r} slot")
 
 
 def publish_loss_curve(mlflow_run_id: str, job_id: str) -> None:

@@ -208,15 +208,17 @@ def test_two_fine_tunes_started_together_take_turns_on_the_device(
     def moments(client: Any, run: Any) -> tuple[Any, Any]:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
         held = next(log.timestamp for log in logs if "holding a 'loraflow-device'" in log.message)
-        ready = next(log.timestamp for log in logs if "is ready" in log.message)
-        return held, ready
+        released = next(
+            log.timestamp for log in logs if "releasing the 'loraflow-device'" in log.message
+        )
+        return held, released
 
     with stack.client() as client:
         runs = [r for r in client.read_flow_runs() if r.name in jobs]
-        (_, first_done), (second_held, _) = sorted(moments(client, r) for r in runs)
+        (_, first_released), (second_held, _) = sorted(moments(client, r) for r in runs)
         spans = sorted((r.start_time, r.end_time) for r in runs)
     assert spans[1][0] < spans[0][1], "the two runs did not overlap: nothing was tested"
-    assert second_held >= first_done, "both fine-tunes trained at once"
+    assert second_held >= first_released, "both fine-tunes trained at once"
 
 
 def test_a_near_term_schedule_produces_a_run_on_the_worker(stack: Stack) -> None:

@@ -93,6 +93,24 @@ def test_chat_rows_keep_history(tmp_path: Path) -> None:
     assert json.loads(frame["messages"][0]) == messages
 
 
+def test_a_csv_messages_column_holds_chats_read_like_jsonl(tmp_path: Path) -> None:
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    cell = '"' + json.dumps(chat).replace('"', '""') + '"'
+    body = (
+        "prompt,response,messages\n"
+        f"a,b,\n,,{cell}\n,,not json\n"
+        ',,"[{""role"": ""user"", ""content"": ""no answer""}]"\nc,d,\n'
+    )
+    dataset = validate(write(tmp_path, "chats.csv", body), config=LOOSE)
+    assert problems(dataset.report) == [(4, "messages", "messages"), (5, "messages", "messages")]
+    assert "not valid JSON" in dataset.report.errors[0]["message"]
+    assert "messages[0].role: the last turn must be" in dataset.report.errors[1]["message"]
+    frame = dataset.frame  # the bad chats are left out; the rest keep their order
+    assert frame["prompt"].to_list() == ["a", "hi", "c"]
+    assert frame["response"].to_list() == ["b", "hello", "d"]
+    assert json.loads(frame["messages"][1]) == chat
+
+
 def test_every_failure_reported_at_once_with_file_lines(tmp_path: Path) -> None:
     data = (
         "prompt,response\n"  # line 1

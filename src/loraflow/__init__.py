@@ -35,15 +35,10 @@ __all__ = [
     "StorageError",
     "__version__",
 ]
-_LAZY = {
-    "Completion": "loraflow.sdk.completion",
-    "File": "loraflow.sdk.file",
-    "FineTune": "loraflow.sdk.fine_tune",
-    "Model": "loraflow.sdk.model",
-}
+_SDK = frozenset({"Completion", "File", "FineTune", "Model"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+    if name in _SDK:  # loraflow.sdk loads each class on first use
+        return getattr(import_module("loraflow.sdk"), name)
     raise AttributeError(f"module 'loraflow' has no attribute {name!r}")

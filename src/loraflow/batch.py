@@ -9,10 +9,8 @@ once, whole, at the end: a failed or cancelled job leaves no partial output.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,59 +72,35 @@ def load_inputs(location: str) -> list[str | list[dict[str, str]]]:
 
 
 def parse_inputs(data: bytes, name: str) -> list[str | list[dict[str, str]]]:
-    """Prompts (strings) and chats (lists of turns) from CSV or JSONL, checked row by row."""
-    from loraflow.completion import check_messages
+    """Prompts (strings) and chats (lists of turns) from CSV or JSONL, read by the dataset
+    reader (``loraflow.data.readers``); the first problem, with its line, is the error."""
+    import polars as pl
 
-    rows = _jsonl_rows(data, name) if name.endswith((".jsonl", ".json")) else _csv_rows(data, name)
+    from loraflow.data.readers import PROMPTS, read_table
+    from loraflow.data.report import ValidationReport
+
+    report = ValidationReport(source=name)
+    table = read_table(data, name, report, PROMPTS, max_chars=None)
+    if table is None or report.errors:
+        first = report.errors[0]
+        where = f"{name} line {first['line']}" if first["line"] else name
+        raise InvalidRequestError(f"{where}: {first['message']}")
+    frame = table.frame
+    chats = frame["messages"] if "messages" in frame.columns else [None] * len(frame)
     inputs: list[str | list[dict[str, str]]] = []
-    for where, prompt, messages in rows:
-        if messages is not None:
-            inputs.append(check_messages(messages, field=f"{where}: messages"))
-        elif isinstance(prompt, str) and prompt.strip():
+    for i, (prompt, chat) in enumerate(zip(frame["prompt"], chats, strict=True)):
+        if chat is not None:
+            inputs.append([{"role": t["role"], "content": t["content"]} for t in json.loads(chat)])
+        elif prompt is not None and prompt.strip():
             inputs.append(prompt)
         else:
-            raise InvalidRequestError(f"{where}: give a non-empty prompt or messages")
+            line = table.line_of(pl.Series([i], dtype=pl.UInt32))[0]
+            raise InvalidRequestError(f"{name} line {line}: give a non-empty prompt or messages")
     if not inputs:
         raise InvalidRequestError(f"{name}: no prompts found")
     if len(inputs) > MAX_INPUTS:
         raise InvalidRequestError(f"{name}: {len(inputs):,} prompts; at most {MAX_INPUTS:,}")
     return inputs
-
-
-def _csv_rows(data: bytes, name: str) -> list[tuple[str, Any, Any]]:
-    import polars as pl
-
-    try:
-        frame = pl.read_csv(io.BytesIO(data), infer_schema=False)
-    except Exception as exc:  # polars raises several types for unreadable CSV
-        raise InvalidRequestError(f"{name}: not a readable CSV ({exc})") from None
-    if "prompt" not in frame.columns and "messages" not in frame.columns:
-        raise InvalidRequestError(f"{name}: needs a 'prompt' or 'messages' column")
-    rows = []
-    for n, row in enumerate(frame.iter_rows(named=True), start=2):  # row 1 is the header
-        messages = row.get("messages")
-        if messages:
-            try:
-                messages = json.loads(messages)
-            except json.JSONDecodeError:
-                raise InvalidRequestError(f"{name} row {n}: messages is not JSON") from None
-        rows.append((f"{name} row {n}", row.get("prompt"), messages or None))
-    return rows
-
-
-def _jsonl_rows(data: bytes, name: str) -> list[tuple[str, Any, Any]]:
-    rows = []
-    for n, line in enumerate(data.decode("utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"{name} line {n}: not JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise InvalidRequestError(f"{name} line {n}: expected an object with prompt")
-        rows.append((f"{name} line {n}", obj.get("prompt"), obj.get("messages")))
-    return rows
 
 
 def run(

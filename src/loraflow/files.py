@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow.data.report import ValidationSummary
 from loraflow.errors import InvalidRequestError, NotFoundError
@@ -41,6 +41,35 @@ FileSource = Path | str | IO[bytes] | IO[str]
 
 
 _PARTS = ("content", "rows.parquet", "report.json")
+
+
+class IngestConfig(BaseModel):
+    """What to ingest and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(
+        "builtin:customer_support.csv",
+        description="Local CSV/JSONL path, or builtin:<name> for a bundled dataset.",
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of rows split off as the validation file; 0 keeps all."
+    )
+    seed: int = Field(42, description="Seed of the train/validation split.")
+    limits: ValidationConfig | None = Field(
+        None, description="Validation limits; unset uses the stack settings."
+    )
+
+
+class IngestResult(BaseModel):
+    """The stored files."""
+
+    training_file: str
+    validation_file: str | None
+    training_rows: int
+    validation_rows: int
+    sha256: str
+    validation: ValidationSummary | None = None  # of the whole dataset, before the split
 
 
 class FileRecord(BaseModel):

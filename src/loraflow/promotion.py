@@ -32,6 +32,13 @@ class Gate(Rule):
     max_new_tokens: int = Field(64, ge=1, description="Length of the greedy answers scored.")
 
 
+class PromoteConfig(Gate):
+    """What to evaluate, against which data, and when it wins."""
+
+    model: str = Field("", description="Candidate: fine-tuned model name or family/version.")
+    validation_file: str = Field("", description="File id of prompt/response rows to score on.")
+
+
 class Decision(BaseModel):
     candidate: str
     champion: str | None

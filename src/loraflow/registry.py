@@ -19,10 +19,11 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from loraflow.errors import InvalidRequestError, NotFoundError
 from loraflow.storage import get_store
+from loraflow.types import Provenance
 
 STAMP = re.compile(r"\.\d{6}-\d{6}$")
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -49,31 +50,19 @@ LINEAGE_TAGS = (
 )
 
 
-class ModelRecord(BaseModel):
+class ModelRecord(Provenance):
     """A fine-tune: what it is, where its adapter is, and everything it came from.
 
     Training makes one (unregistered); ``register`` stores it with its registry version.
     """
 
     fine_tuned_model: str
-    job_id: str
-    base_model: str
-    base_revision: str
     adapter_prefix: str = Field(description="Object-store prefix of the peft adapter files.")
     model_uri: str = Field(description="The MLflow pyfunc model (adapter + base reference).")
-    mlflow_run_id: str
     steps: int
     resumed_from: int | None = None
     train_loss: float | None = None
     eval_loss: float | None = None
-    training_file: str
-    training_sha256: str
-    validation_file: str | None = None
-    validation_sha256: str | None = None
-    hyperparameters: dict[str, Any] = {}
-    loraflow_version: str = ""
-    code_commit: str = ""
-    prefect_flow_run_id: str | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     registered_model: str | None = None
     version: int | None = None

@@ -190,17 +190,14 @@ ModelStatus = Literal[
 ]
 
 
-class Lineage(BaseModel):
-    """Where a fine-tune came from: data, base model, settings, code and runs."""
+class Provenance(BaseModel):
+    """What a fine-tune was made from: data, base model, settings, code and runs."""
 
     job_id: str
     training_file: str
     training_sha256: str
     validation_file: str | None = None
     validation_sha256: str | None = None
-    dataset: str | None = None  # what a retrain read, before ingest split it
-    dataset_sha256: str | None = None
-    recipe: str | None = None  # the retrain's recipe fingerprint
     base_model: str
     base_revision: str
     hyperparameters: dict[str, Any] = {}
@@ -208,6 +205,14 @@ class Lineage(BaseModel):
     code_commit: str = ""
     prefect_flow_run_id: str | None = None
     mlflow_run_id: str
+
+
+class Lineage(Provenance):
+    """A fine-tune's provenance, with what its registry version adds and links to the UIs."""
+
+    dataset: str | None = None  # what a retrain read, before ingest split it
+    dataset_sha256: str | None = None
+    recipe: str | None = None  # the retrain's recipe fingerprint
     promotion: dict[str, str] = {}  # the promotion decisions recorded on the version
     links: dict[str, str] = {}  # Prefect and MLflow UI pages, while the stack runs
 

@@ -44,6 +44,11 @@ def test_the_complete_task_inside_a_flow_uses_one_engine() -> None:
     assert engine_module.get_engine(MODEL) is engine  # loaded once for the process
     with pytest.raises(InvalidRequestError, match="temperature"):  # a task alone, no flow
         complete(MODEL, "Hi", temperature=3)
+    with pytest.raises(InvalidRequestError, match="top_p"):  # the sampling options reach it
+        complete(MODEL, "Hi", top_p=2.0)
+    sampled = complete(MODEL, "Hi", max_new_tokens=6, temperature=1.0, seed=11, top_k=5)
+    again = Completion.create(MODEL, "Hi", 6, 1.0, seed=11, top_k=5)
+    assert sampled.output.text == again.output.text
 
 
 def jsonl(lines: list[dict]) -> str:
@@ -107,13 +112,13 @@ def test_batch_flow_reads_and_writes_s3(
             "bad.csv",
             'prompt\nfine\n""\n',
             InvalidRequestError,
-            r"bad.csv row 3: give a non-empty prompt",
+            r"bad.csv line 3: give a non-empty prompt",
         ),
         (
             "bad.jsonl",
             '{"prompt": "a"}\n{oops\n',
             InvalidRequestError,
-            r"bad.jsonl line 2: not JSON",
+            r"bad.jsonl line 2: not valid JSON",
         ),
         (
             "bad.jsonl",
@@ -125,7 +130,7 @@ def test_batch_flow_reads_and_writes_s3(
             "cols.csv",
             "question\nhi\n",
             InvalidRequestError,
-            "needs a 'prompt' or 'messages' column",
+            r"the header needs prompt \(or messages\); it has \['question'\]",
         ),
     ],
 )

@@ -102,3 +102,38 @@ def test_smollm2_is_converted_from_the_wheel_and_chats() -> None:
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_an_installed_wheel_finds_its_zoo_without_the_checkout(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[2]
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(root), "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("loraflow-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from loraflow.models.zoo import load_zoo, zoo_file;"
+        "print(zoo_file()); print(sorted(load_zoo()))"
+    )
+    # run from an empty directory, with the wheel's copy first on the path
+    shown = subprocess.run(
+        [sys.executable, "-c", probe, str(site)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    where, names = shown.stdout.splitlines()
+    assert Path(where) == site / "loraflow" / "configs" / "models.yaml"
+    assert "smollm2-135m-instruct" in names and "tiny-llama-test" in names

@@ -1,7 +1,10 @@
-"""Read a CSV or JSONL dataset into a frame of strings, keeping each row's line in the file.
+"""Read a CSV or JSONL file into a frame of strings, keeping each row's line in the file.
 
-Problems found while reading (encoding, quoting, columns, JSON, chat structure) go into the
-report; rows that cannot be read are left out of the frame so the value checks can still run.
+One reader for every file loraflow takes: training datasets (``TRAINING``: prompt/response
+pairs or chats ending with the answer) and batch inputs (``PROMPTS``: prompts or chats ending
+with the user's turn). Problems found while reading (encoding, quoting, columns, JSON, chat
+structure) go into the report; rows that cannot be read are left out of the frame so the
+value checks can still run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,30 @@ from loraflow.chat import chat_problem
 from loraflow.data.report import ValidationReport
 
 Format = Literal["csv", "jsonl"]
-COLUMN_SETS = (("prompt", "response"), ("input", "output"))
+SNIFF_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What each row holds: one of ``column_sets`` (the first set's names are the frame's), or
+    chat ``messages`` ending with ``chat_ends_with``'s turn (the assistant's answer to learn
+    from, or the user's turn to answer)."""
+
+    column_sets: tuple[tuple[str, ...], ...]
+    chat_ends_with: Literal["assistant", "user"]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.column_sets[0]
+
+    def wanted(self) -> str:
+        """The columns this layout accepts, in words."""
+        sets = [" and ".join(s) for s in self.column_sets]
+        return f"{sets[0]} (or {', or '.join([*sets[1:], 'messages'])})"
+
+
+TRAINING = Layout((("prompt", "response"), ("input", "output")), "assistant")
+PROMPTS = Layout((("prompt",),), "user")
 _SIGNATURES = {
     b"PK\x03\x04": "a ZIP archive (an Excel workbook?)",
     b"PAR1": "a Parquet file",
@@ -60,6 +86,23 @@ def detect_format(name: str, head: bytes, report: ValidationReport) -> Format | 
     return "jsonl" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") else "csv"
 
 
+def read_table(
+    data: bytes | Path, name: str, report: ValidationReport, layout: Layout, max_chars: int | None
+) -> Table | None:
+    """Read CSV or JSONL (told apart by name, else by the first bytes) in ``layout``."""
+    if isinstance(data, Path):
+        with data.open("rb") as stream:
+            head = stream.read(SNIFF_BYTES)
+    else:
+        head = data[:SNIFF_BYTES]
+    report.format = detect_format(name, head, report)
+    if report.format == "csv":
+        return read_csv(data, report, layout, max_chars)
+    if report.format == "jsonl":
+        return read_jsonl(data, report, layout, max_chars)
+    return None
+
+
 def find_bad_utf8(data: bytes, report: ValidationReport, limit: int = 100) -> bool:
     """Report each line holding bytes that are not UTF-8; True if there were any."""
     positions: list[tuple[int, int]] = []
@@ -83,30 +126,38 @@ def find_bad_utf8(data: bytes, report: ValidationReport, limit: int = 100) -> bo
     return bool(positions)
 
 
-def pick_columns(names: list[str], report: ValidationReport) -> dict[str, str] | None:
-    """Map the file's headers to prompt/response; report a missing pair or extra columns."""
+def pick_columns(
+    names: list[str], report: ValidationReport, layout: Layout
+) -> dict[str, str] | None:
+    """Map the file's headers to the layout's names (and ``messages``); report a missing
+    column set or extra columns."""
     lowered = {name.strip().lower(): name for name in names}
-    for wanted in COLUMN_SETS:
+    mapping = {lowered["messages"]: "messages"} if "messages" in lowered else {}
+    for wanted in layout.column_sets:
         if all(w in lowered for w in wanted):
-            mapping = {lowered[w]: canon for w, canon in zip(wanted, COLUMN_SETS[0], strict=True)}
-            extra = [n for n in names if n not in mapping]
-            if extra:
-                report.add(
-                    "columns",
-                    f"extra columns ignored: {', '.join(map(repr, extra))}",
-                    severity="warning",
-                )
-            return mapping
-    report.add(
-        "columns",
-        "Required column headers (one subset of [['prompt', 'response'], ['input', 'output']]) "
-        f"not found; the header has {names!r}",
-    )
-    return None
+            mapping |= {lowered[w]: canon for w, canon in zip(wanted, layout.names, strict=True)}
+            break
+    if not mapping:
+        report.add("columns", f"the header needs {layout.wanted()}; it has {names!r}")
+        return None
+    extra = [n for n in names if n not in mapping]
+    if extra:
+        report.add(
+            "columns", f"extra columns ignored: {', '.join(map(repr, extra))}", severity="warning"
+        )
+    return mapping
 
 
-def read_csv(data: bytes | Path, report: ValidationReport) -> Table | None:
-    """Read a CSV of strings with polars; on a parse error find the line with Python's csv."""
+def read_csv(
+    data: bytes | Path,
+    report: ValidationReport,
+    layout: Layout = TRAINING,
+    max_chars: int | None = None,
+) -> Table | None:
+    """Read a CSV of strings with polars; on a parse error find the line with Python's csv.
+
+    A ``messages`` column holds a chat as JSON; a row with one takes its other values from it.
+    """
     try:
         raw = pl.read_csv(data, infer_schema=False, raise_if_empty=False)
     except pl.exceptions.ComputeError as exc:
@@ -123,14 +174,16 @@ def read_csv(data: bytes | Path, report: ValidationReport) -> Table | None:
     if doubled:
         report.add("columns", f"the header names a column twice: {doubled!r}")
         return None
-    mapping = pick_columns(raw.columns, report)
+    mapping = pick_columns(raw.columns, report, layout)
     if mapping is None:
         return None
     frame = raw.select(
         *(pl.col(src).alias(dst) for src, dst in mapping.items()),
+        *(pl.lit(None, pl.String).alias(n) for n in layout.names if n not in mapping.values()),
         _all_null=pl.all_horizontal(pl.all().is_null()),
     )
     frame = _drop_trailing_empty(frame)
+    kept: pl.Series | None = None
 
     @functools.cache
     def first_lines() -> pl.Series:
@@ -151,9 +204,44 @@ def read_csv(data: bytes | Path, report: ValidationReport) -> Table | None:
         return spans.cum_sum() - spans + header_lines + 1
 
     def line_of(rows: pl.Series) -> pl.Series:
-        return first_lines().gather(rows)
+        return first_lines().gather(rows if kept is None else kept.gather(rows))
 
-    return Table(frame=frame, line_of=line_of, records=len(frame))
+    records = len(frame)
+    if "messages" in frame.columns:
+        frame, kept = _read_chats(frame, line_of, report, layout, max_chars)
+    return Table(frame=frame, line_of=line_of, records=records)
+
+
+def _read_chats(
+    frame: pl.DataFrame,
+    line_of: Callable[[pl.Series], pl.Series],
+    report: ValidationReport,
+    layout: Layout,
+    max_chars: int | None,
+) -> tuple[pl.DataFrame, pl.Series]:
+    """Fill the rows that hold a chat from it; leave out rows whose chat is bad."""
+    cells = frame["messages"]
+    if cells.null_count() == len(frame):
+        return frame.drop("messages"), pl.Series(range(len(frame)), dtype=pl.UInt32)
+    rows = frame.drop("messages").to_dicts()
+    out, kept = [], []
+    lines = line_of(pl.Series(range(len(frame)), dtype=pl.UInt32)).to_list()
+    for i, (row, cell) in enumerate(zip(rows, cells, strict=True)):
+        if cell is None:
+            out.append({**row, "messages": None})
+            kept.append(i)
+            continue
+        try:
+            chat = json.loads(cell)
+        except json.JSONDecodeError as exc:
+            report.add("messages", f"not valid JSON: {exc.msg}", line=lines[i], column="messages")
+            continue
+        read = _chat_row(chat, lines[i], report, layout, max_chars)
+        if read is not None:
+            out.append({**row, **read})
+            kept.append(i)
+    schema = {c: frame.schema[c] for c in frame.columns}
+    return pl.DataFrame(out, schema=schema, orient="row"), pl.Series(kept, dtype=pl.UInt32)
 
 
 def _drop_trailing_empty(frame: pl.DataFrame) -> pl.DataFrame:
@@ -191,8 +279,10 @@ def diagnose_csv(data: bytes, polars_message: str, report: ValidationReport) -> 
         report.add("parse", f"cannot parse the file as CSV: {first}")
 
 
-def read_jsonl(data: bytes | Path, report: ValidationReport, max_chars: int) -> Table | None:
-    """Read JSON Lines: prompt/response, input/output or chat ``messages`` per line."""
+def read_jsonl(
+    data: bytes | Path, report: ValidationReport, layout: Layout, max_chars: int | None
+) -> Table | None:
+    """Read JSON Lines: one of the layout's key sets, or chat ``messages``, per line."""
     blob = data.read_bytes() if isinstance(data, Path) else data
     try:
         text = blob.decode("utf-8-sig")
@@ -207,17 +297,18 @@ def read_jsonl(data: bytes | Path, report: ValidationReport, max_chars: int) -> 
         if not raw_line.strip():
             continue
         records += 1
-        row = _parse_json_row(raw_line, number, report, seen_columns, max_chars)
+        row = _parse_json_row(raw_line, number, report, seen_columns, layout, max_chars)
         if row is not None:
             rows.append(row)
             lines.append(number)
     report.columns = list(seen_columns)
-    extra = [c for c in seen_columns if c not in {*COLUMN_SETS[0], *COLUMN_SETS[1], "messages"}]
+    known = {"messages", *(name for names in layout.column_sets for name in names)}
+    extra = [c for c in seen_columns if c not in known]
     if extra:
         report.add(
             "columns", f"extra keys ignored: {', '.join(map(repr, extra))}", severity="warning"
         )
-    schema = {"prompt": pl.String, "response": pl.String, "messages": pl.String}
+    schema = dict.fromkeys([*layout.names, "messages"], pl.String)
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     if frame["messages"].null_count() == len(frame):
         frame = frame.drop("messages")
@@ -227,7 +318,12 @@ def read_jsonl(data: bytes | Path, report: ValidationReport, max_chars: int) -> 
 
 
 def _parse_json_row(
-    line: str, number: int, report: ValidationReport, seen: dict[str, None], max_chars: int
+    line: str,
+    number: int,
+    report: ValidationReport,
+    seen: dict[str, None],
+    layout: Layout,
+    max_chars: int | None,
 ) -> dict[str, Any] | None:
     try:
         obj = json.loads(line)
@@ -239,8 +335,8 @@ def _parse_json_row(
         return None
     seen.update(dict.fromkeys(obj))
     if "messages" in obj:
-        return _chat_row(obj["messages"], number, report, max_chars)
-    for wanted in COLUMN_SETS:
+        return _chat_row(obj["messages"], number, report, layout, max_chars)
+    for wanted in layout.column_sets:
         if all(w in obj for w in wanted):
             values = [obj[w] for w in wanted]
             for key, value in zip(wanted, values, strict=True):
@@ -253,26 +349,22 @@ def _parse_json_row(
                         value=value,
                     )
                     return None
-            return {"prompt": values[0], "response": values[1], "messages": None}
-    report.add(
-        "columns",
-        f"needs keys prompt and response (or input and output, or messages); has {list(obj)!r}",
-        line=number,
-    )
+            return {**dict(zip(layout.names, values, strict=True)), "messages": None}
+    report.add("columns", f"needs keys {layout.wanted()}; has {list(obj)!r}", line=number)
     return None
 
 
 def _chat_row(
-    messages: Any, number: int, report: ValidationReport, max_chars: int
+    messages: Any, number: int, report: ValidationReport, layout: Layout, max_chars: int | None
 ) -> dict[str, Any] | None:
-    """Check one OpenAI-style conversation; its last assistant turn is the response."""
-    problem = chat_problem(messages, ends_with="assistant", max_chars=max_chars)
+    """Check one OpenAI-style conversation: its last user turn is the prompt and, in a
+    training layout, its last (assistant) turn is the response."""
+    problem = chat_problem(messages, ends_with=layout.chat_ends_with, max_chars=max_chars)
     if problem:
         report.add("messages", problem, line=number, column="messages")
         return None
-    prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    return {
-        "prompt": prompt,
-        "response": messages[-1]["content"],
-        "messages": json.dumps(messages, ensure_ascii=False),
-    }
+    row = dict.fromkeys(layout.names)
+    row["prompt"] = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    if "response" in row:
+        row["response"] = messages[-1]["content"]
+    return {**row, "messages": json.dumps(messages, ensure_ascii=False)}

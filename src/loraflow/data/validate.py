@@ -8,12 +8,11 @@ from typing import Any
 
 import polars as pl
 
-from loraflow.data.readers import Table, detect_format, read_csv, read_jsonl
+from loraflow.data.readers import TRAINING, Table, read_table
 from loraflow.data.report import Severity, ValidationReport
 from loraflow.errors import DataValidationError
 from loraflow.settings import ValidationConfig
 
-_SNIFF = 8192
 _MESSAGES = {
     "not_nullable": ("not_null", "value is missing"),
     "not_blank": ("not_blank", "value is blank"),
@@ -93,7 +92,7 @@ def validate(
     path = Path(source) if isinstance(source, str) else source
     label = name or (path.name if isinstance(path, Path) else "dataset")
     report = ValidationReport(source=label)
-    table = _read(path, label, report, config)
+    table = read_table(path, label, report, TRAINING, config.max_field_chars)
     if table is None:
         return Dataset(pl.DataFrame(schema={"prompt": pl.String, "response": pl.String}), report)
     report.rows = table.records
@@ -112,22 +111,6 @@ def part_of(dataset: Dataset, frame: pl.DataFrame, name: str, config: Validation
     )
     _check_counts(report, config)
     return Dataset(frame, report)
-
-
-def _read(
-    path: Path | bytes, label: str, report: ValidationReport, config: ValidationConfig
-) -> Table | None:
-    if isinstance(path, Path):
-        with path.open("rb") as stream:
-            head = stream.read(_SNIFF)
-    else:
-        head = path[:_SNIFF]
-    report.format = detect_format(label, head, report)
-    if report.format == "csv":
-        return read_csv(path, report)
-    if report.format == "jsonl":
-        return read_jsonl(path, report, config.max_field_chars)
-    return None
 
 
 def _check_values(table: Table, report: ValidationReport, config: ValidationConfig) -> None:
