@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Cancelled
 
 from loraflow.batch import FLOW_NAME, JOB_IDS, TAG, BatchCompleteConfig, JobCancelled
+from loraflow.heartbeat import beating
 from loraflow.jobs import job_identity
 from tasks.complete import generate_batch
 
@@ -24,6 +25,7 @@ def batch_complete(config: BatchCompleteConfig = BatchCompleteConfig()) -> Any: 
     job_id = job_identity(JOB_IDS, TAG)
     get_run_logger().info(f"batch job {job_id}: {config.input_data_path} with {config.model}")
     try:
-        return generate_batch(config, job_id)
+        with beating(job_id):
+            return generate_batch(config, job_id)
     except JobCancelled as exc:
         return Cancelled(message=str(exc))

@@ -20,7 +20,8 @@ from loraflow.fine_tuning import (
     check_request,
     model_name,
 )
-from loraflow.jobs import job_identity
+from loraflow.heartbeat import beating
+from loraflow.jobs import job_identity, pin_parameters
 from tasks.fine_tune import prepare_base_model, train_adapter
 from tasks.registry import register_model
 
@@ -29,16 +30,22 @@ from tasks.registry import register_model
 def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
     """Check the request, prepare the base model, train, register; returns the ModelRecord,
     or CANCELLED if cancelled."""
+    job_id = job_identity(JOB_IDS, TAG)
+    with beating(job_id):  # a killed process leaves a run that `get` shows as crashed
+        return _fine_tune(config, job_id)
+
+
+def _fine_tune(config: FineTuneRequest, job_id: str) -> Any:
     from loraflow.training.loop import TrainingCancelled
 
     logger = get_run_logger()
-    job_id = job_identity(JOB_IDS, TAG)
     checked = check_request(config)
     if config.fine_tuned_model is None:
         config = config.model_copy(
             update={"fine_tuned_model": model_name(checked.spec.name, config.suffix)}
         )
         checked = checked.model_copy(update={"request": config})
+        pin_parameters({"config": config.model_dump(mode="json")})  # a rerun keeps the name
     logger.info(f"fine-tune {job_id}: {config.model} -> {config.fine_tuned_model}")
     prepare_base_model(config.model)
     try:

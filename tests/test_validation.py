@@ -198,6 +198,21 @@ def test_non_utf8_bytes_are_rejected_with_their_lines(tmp_path: Path) -> None:
     assert "save the file as UTF-8" in report.describe()
 
 
+def test_a_nul_byte_is_reported_at_its_line(tmp_path: Path) -> None:
+    report = validate(write(tmp_path, "nul.csv", b"prompt,response\na,b\nc\x00,d\n")).report
+    (issue,) = report.errors
+    assert issue["line"] == 3 and "NUL" in issue["message"]
+
+
+def test_a_huge_single_line_is_reported_in_a_few_bytes(tmp_path: Path) -> None:
+    import json as json_
+
+    line = '{"prompt": "' + "x" * 5_000_000 + '", "response": oops}\n'
+    report = validate(write(tmp_path, "huge.jsonl", line)).report
+    assert not report.valid
+    assert len(json_.dumps(report.issues)) < 2_000
+
+
 def test_non_utf8_jsonl(tmp_path: Path) -> None:
     data = b'{"prompt": "a", "response": "b"}\n{"prompt": "\xe9", "response": "b"}\n'
     report = validate(write(tmp_path, "latin.jsonl", data)).report
@@ -209,7 +224,9 @@ def test_non_utf8_jsonl(tmp_path: Path) -> None:
     [
         ("book.xlsx", b"PK\x03\x04rest-of-zip", "ZIP archive"),
         ("data.csv", b"PAR1\x00\x00", "Parquet"),
-        ("blob.csv", b"abc\x00def\n", "binary file"),
+        ("blob.csv", b"prompt,response\nabc\x00def\n", "a NUL byte at offset 19"),
+        ("utf16.csv", "prompt,response\nhi,there\n".encode("utf-16"), "UTF-16"),
+        ("utf16le.csv", "prompt,response\nhi,there\n".encode("utf-16-le"), "looks like UTF-16"),
         ("empty.csv", b"", "empty"),
     ],
 )

@@ -18,6 +18,7 @@ from loraflow import locations
 from loraflow.errors import InvalidRequestError, NotFoundError
 from loraflow.jobs import JobIds
 from loraflow.storage import get_store
+from loraflow.types import Seed
 
 JOB_IDS = JobIds("batch", "batch")
 TAG = "loraflow-batch-completion"
@@ -43,7 +44,7 @@ class BatchCompleteConfig(BaseModel):
     stop_sequences: list[str] | None = Field(None, description="Text that ends a completion.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
     top_k: int | None = Field(None, ge=-1, description="Top-k sampling; -1 or unset: off.")
-    seed: int | None = Field(None, description="Makes sampling repeatable.")
+    seed: Seed | None = Field(None, description="Makes sampling repeatable.")
     num_generations: int = Field(1, ge=1, le=64, description="Completions per prompt.")
     return_token_log_probs: bool = Field(False, description="Include per-token log probs.")
     batch_size: int = Field(32, ge=1, le=512, description="Prompts generated together.")

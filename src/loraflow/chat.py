@@ -8,6 +8,19 @@ from typing import Any, Literal
 ROLES = ("system", "user", "assistant")
 
 
+def text_problem(value: str, field: str) -> str | None:
+    """What makes ``value`` unusable as text (a lone surrogate, which JSON's ``\\ud800``
+    escapes can carry and no tokenizer takes), naming where; None if it is fine."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"{field}: character {exc.start + 1} is a lone surrogate "
+            f"({value[exc.start]!r}); send valid Unicode text"
+        )
+    return None
+
+
 def chat_problem(
     messages: Any,
     field: str = "messages",
@@ -33,6 +46,8 @@ def chat_problem(
         content = turn.get("content")
         if not isinstance(content, str) or (learning and not content.strip()):
             return f"{where}.content: must be {'text' if learning else 'a string'}"
+        if problem := text_problem(content, f"{where}.content"):
+            return problem
         if max_chars is not None and len(content) > max_chars:
             return f"{where}.content: longer than {max_chars:,} characters"
         if turn["role"] == "system" and i > 0:

@@ -14,7 +14,7 @@ from typing import Any, Unpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loraflow.backends import CompletionBackend
-from loraflow.chat import chat_problem
+from loraflow.chat import chat_problem, text_problem
 from loraflow.errors import InvalidRequestError, LoraflowError, first_problem
 from loraflow.types import (
     CompletionOutput,
@@ -24,6 +24,7 @@ from loraflow.types import (
     GenerateOutput,
     GenerationStatistics,
     SamplingParams,
+    Seed,
     TokenOutput,
 )
 
@@ -46,7 +47,7 @@ class Params(BaseModel):
     return_token_log_probs: bool = False
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
-    seed: int | None = None
+    seed: Seed | None = None
     timeout: float | None = Field(None, gt=0)
 
     @field_validator("top_k")
@@ -97,6 +98,8 @@ def encode_input(
         return backend.encode(messages=check_messages(messages))
     if not isinstance(prompt, str):
         raise InvalidRequestError(f"{field}: must be a string (got {type(prompt).__name__})")
+    if problem := text_problem(prompt, field):
+        raise InvalidRequestError(problem)
     return backend.encode(prompt)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -82,3 +83,16 @@ def field_problems(exc: ValidationError, whole: str) -> str:
 def first_problem(exc: ValidationError) -> str:
     """The first problem pydantic found, with the value given: for a request's answer."""
     return describe_errors(exc.errors(), "request", limit=1, inputs=True)
+
+
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it masked (``https://***@host``)."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def shorten(value: str, limit: int = 80) -> str:
+    """``value``, cut to ``limit`` characters with its length said: for echoing input back."""
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value):,} characters)"

@@ -10,6 +10,7 @@ dataset is validated once, when it is stored.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import secrets
 import string
@@ -24,15 +25,17 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow.data.report import ValidationSummary
-from loraflow.errors import InvalidRequestError, NotFoundError
+from loraflow.errors import InvalidRequestError, NotFoundError, first_problem
+from loraflow.settings import Settings, ValidationConfig, get_settings
+from loraflow.storage import ObjectStore, get_store
+from loraflow.types import DataSeed
 
 if TYPE_CHECKING:
     import polars as pl
 
     from loraflow.data import Dataset, ValidationReport
-from loraflow.settings import Settings, ValidationConfig, get_settings
-from loraflow.storage import ObjectStore, get_store
 
+log = logging.getLogger(__name__)
 FILE_ID = re.compile(r"^file-[A-Za-z0-9]{8,64}$")
 _ALPHABET = string.ascii_letters + string.digits
 _ID_CHARS = 20
@@ -55,7 +58,7 @@ class IngestConfig(BaseModel):
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of rows split off as the validation file; 0 keeps all."
     )
-    seed: int = Field(42, description="Seed of the train/validation split.")
+    seed: DataSeed = Field(42, description="Seed of the train/validation split.")
     limits: ValidationConfig | None = Field(
         None, description="Validation limits; unset uses the stack settings."
     )
@@ -231,12 +234,21 @@ class FileRepository:
         return FileRecord.model_validate_json(raw)
 
     def list(self) -> list[FileRecord]:
-        """Every stored file, oldest first."""
-        records = [
-            FileRecord.model_validate_json(self.store.get_bytes(info.key))
-            for info in self.store.list("files/")
-            if info.key.endswith("/meta.json")
-        ]
+        """Every stored file, oldest first. A file whose metadata cannot be read is left out
+        with a warning naming it; the others still list."""
+        from pydantic import ValidationError
+
+        records = []
+        for info in self.store.list("files/"):
+            if not info.key.endswith("/meta.json"):
+                continue
+            try:
+                records.append(FileRecord.model_validate_json(self.store.get_bytes(info.key)))
+            except NotFoundError:
+                continue  # deleted while listing
+            except ValidationError as exc:
+                why = first_problem(exc)
+                log.warning("skipped %s: its metadata is unreadable (%s)", info.key, why)
         return sorted(records, key=lambda r: r.created_at)
 
     def read_bytes(self, file_id: str) -> bytes:

@@ -130,6 +130,18 @@ def job_identity(ids: JobIds, tag: str) -> str:
     return job_id
 
 
+Parameters = dict[str, Any]
+
+
+def pin_parameters(parameters: Parameters) -> None:
+    """Store the running flow run's parameters as it completed them (e.g. a generated model
+    name): the job API shows them, and a rerun of the same run uses them again."""
+    from prefect.runtime import flow_run
+
+    with prefect_client() as client:
+        client.update_flow_run(flow_run.id, parameters=parameters)
+
+
 # -- start, find, cancel -------------------------------------------------------------------
 
 
@@ -144,9 +156,6 @@ def read_deployment(client: Any, name: str) -> Any:
             f"no {name} deployment on the Prefect API at {client.api_url}: `make up` registers "
             "it and starts a worker (or `loraflow deploy` and a worker; or `loraflow worker`)"
         ) from None
-
-
-Parameters = dict[str, Any]
 
 
 def start_job(
@@ -179,7 +188,38 @@ def find_job_run(client: Any, job_id: str, tag: str, kind: str) -> Any:
     )
     if not runs:
         raise NotFoundError(f"The specified {kind} job could not be found: {job_id}")
-    return runs[0]
+    return settle(client, runs[0])
+
+
+def settle(client: Any, run: Any) -> Any:
+    """``run``; or, when it is RUNNING but the process running it is gone (no heartbeat, see
+    ``loraflow.heartbeat``), the run marked CRASHED with the reason, ready to resume."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from loraflow import heartbeat
+
+    if run.state is None or run.state.type != StateType.RUNNING:
+        return run
+    started = run.start_time.timestamp() if run.start_time else None
+    why = heartbeat.gone(run.name, started)
+    if why is None:
+        return run
+    message = f"{run.name} crashed: {why}; resume continues from its last checkpoint"
+    client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    return client.read_flow_run(run.id)
+
+
+def rerun_here(client: Any, run: Any, entrypoint: str) -> Any:
+    """Run a job's flow run again in this process, as the same run (same name, so the same
+    job id and checkpoints); for runs that no deployment started. Returns its final state."""
+    from prefect.flow_engine import run_flow
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.states import AwaitingRetry
+
+    client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+    flow: Any = load_flow_from_entrypoint(entrypoint)
+    return run_flow(flow, flow_run=client.read_flow_run(run.id), return_type="state")
 
 
 def cancel_job_run(client: Any, run: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import Field
 
-from loraflow.errors import InvalidRequestError, NotFoundError
+from loraflow.errors import InvalidRequestError, NotFoundError, shorten
 from loraflow.storage import get_store
 from loraflow.types import Provenance
 
@@ -133,7 +133,8 @@ def list_records() -> list[ModelRecord]:
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise InvalidRequestError(
-            f"model: {name!r} is not a model name; names use letters, digits and '._-' only"
+            f"model: {shorten(str(name))!r} is not a model name; names use letters, digits and "
+            "'._-' only, at most 128 of them"
         )
     return name
 

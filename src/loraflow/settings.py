@@ -128,6 +128,14 @@ class Settings(BaseSettings):
         description="Keys the HTTP service accepts (comma-separated in LORAFLOW_API_KEYS); "
         "none: `loraflow serve` makes one and prints it once.",
     )
+    remote_base_models: list[str] = Field(
+        [],
+        description="Base models (hub ids or paths) HTTP clients may fine-tune besides the "
+        "zoo's; the Python SDK may name any.",
+    )
+    max_request_bytes: int = Field(
+        4 * 2**20, ge=1, description="Largest JSON request the HTTP service accepts (413 above)."
+    )
     max_upload_bytes: int = Field(
         256 * 2**20, ge=1, description="Largest file the HTTP service accepts (413 above)."
     )

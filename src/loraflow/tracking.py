@@ -26,11 +26,13 @@ PIP_REQUIREMENTS = ["loraflow", "torch==2.13.0", "transformers==5.23.*", "peft==
 def configure(settings: Settings | None = None) -> str:
     """Point MLflow at loraflow's tracking URI and experiment; returns the experiment id.
 
-    Artifacts go to the object store (``<storage>/mlflow-artifacts``).
+    Artifacts go to the object store (``<storage>/mlflow-artifacts``), with the store's
+    S3 endpoint and credentials.
     """
+    from loraflow.storage.s3 import s3_environment
+
     settings = settings or get_settings()
-    if settings.s3_endpoint_url:
-        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    os.environ.update(s3_environment(settings))  # MLflow's S3 client reads only these
     settings.home.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     found = mlflow.get_experiment_by_name(EXPERIMENT)

@@ -8,9 +8,9 @@ Fields beyond the client's are optional extras it ignores. Only pydantic is impo
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 __all__ = [
     "BatchCompletionsJob",
@@ -48,6 +48,12 @@ __all__ = [
     "TokenOutput",
     "UploadFileResponse",
 ]
+
+
+# A sampling seed: what torch's generators take (loraflow adds the generation's index to it).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+# A training or split seed: accelerate's set_seed seeds numpy, which takes 0 to 2**32 - 1.
+DataSeed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class SamplingOptions(TypedDict, total=False):

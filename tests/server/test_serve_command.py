@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.conftest import free_port
 
@@ -50,7 +51,15 @@ def test_serve_without_keys_prints_a_new_one_once_and_never_logs_it(
         assert httpx.get(f"{base}/v1/models", headers={"x-api-key": "x"}).status_code == 401
         bearer = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
         assert bearer.status_code == 200
+        # a job call with no stack running starts Prefect's ephemeral server in a child
+        jobs = httpx.get(f"{base}/v1/llm/fine-tunes", headers={"x-api-key": key}, timeout=120)
+        assert jobs.status_code == 200, jobs.text
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "no ephemeral Prefect server started: nothing to check"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.terminate()  # SIGTERM, as a supervisor or `kill` sends it
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
     assert log.read_text().count(key) == 1  # printed once, never logged again

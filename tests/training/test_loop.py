@@ -50,6 +50,16 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_plan) -> None:  
         assert loss == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
 
 
+def test_a_job_rerun_after_its_final_checkpoint_keeps_its_losses(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    plan = tiny_plan(out="done", epochs=1)
+    first = Trainer(plan, RecordingReporter()).run()
+    assert first.train_loss is not None and first.eval_loss is not None
+    again = RecordingReporter()  # e.g. the process died after the last checkpoint
+    second = Trainer(plan, again).run()
+    assert second.resumed_from == first.steps and not again.history  # nothing trained again
+    assert (second.train_loss, second.eval_loss) == (first.train_loss, first.eval_loss)
+
+
 def test_cancel_saves_a_checkpoint_and_stops(tiny_plan) -> None:  # type: ignore[no-untyped-def]
     plan = tiny_plan(save_every=100)
     reporter = RecordingReporter(stop_at=3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from loraflow.errors import DataValidationError, LoraflowError
+from loraflow.errors import DataValidationError, LoraflowError, redact
 
 app = typer.Typer(
     name="loraflow",
@@ -24,8 +25,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 ID_COLUMN = Column("id", no_wrap=True, min_width=25)  # ids are copied from here: never cut
 
 
+class _Options:
+    debug = False
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(
+        False, "--debug", envvar="LORAFLOW_DEBUG", help="On an error, show its traceback too."
+    ),
+) -> None:
+    """Self-hosted LoRA fine-tuning and completion, orchestrated by Prefect."""
+    _Options.debug = debug
+
+
 def handle_errors(func: F) -> F:
-    """Turn loraflow's errors into a message on stderr and exit code 1."""
+    """End a command that fails in one line on stderr (exit code 1): loraflow's errors with
+    their message, any other with its type and first line; ``--debug`` adds the traceback.
+    Credentials in URLs are masked either way."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -34,11 +51,24 @@ def handle_errors(func: F) -> F:
         except DataValidationError as exc:
             print_report(exc.report, limit=50, console=err)
             raise typer.Exit(1) from None
-        except LoraflowError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if _Options.debug:
+                err.print(redact(traceback.format_exc()), highlight=False, markup=False)
+            err.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: Exception) -> str:
+    text = redact(str(exc)).strip()
+    if isinstance(exc, LoraflowError):
+        return text
+    first = text.splitlines()[0] if text else ""
+    hint = "" if _Options.debug else " (--debug shows the traceback)"
+    return f"{type(exc).__name__}: {first}{hint}"
 
 
 def print_report(report: Any, limit: int, console: Console = out) -> None:

@@ -77,8 +77,19 @@ def detect_format(name: str, head: bytes, report: ValidationReport) -> Format | 
         if head.startswith(magic):
             report.add("format", f"this is {what}, not a CSV or JSONL file")
             return None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        report.add("encoding", "this file is UTF-16 (it starts with a UTF-16 byte-order mark)")
+        return None
     if b"\x00" in head:
-        report.add("format", "this is a binary file, not a CSV or JSONL file")
+        at = head.index(b"\x00")
+        if head[1::2].count(0) > len(head) // 4 or head[::2].count(0) > len(head) // 4:
+            report.add("encoding", "this file looks like UTF-16 text (every other byte is 0)")
+            return None
+        report.add(
+            "format",
+            f"a NUL byte at offset {at}: a binary or damaged file, not a CSV or JSONL file",
+            line=head.count(b"\n", 0, at) + 1,
+        )
         return None
     suffix = Path(name).suffix.lower()
     if suffix in _EXTENSIONS:

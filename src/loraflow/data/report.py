@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 Severity = Literal["error", "warning"]
 PREVIEW_CHARS = 48
+MESSAGE_CHARS = 400
 ISSUE_COLUMNS = ("severity", "line", "column", "check", "message", "value")
 
 CHECK_HELP = {
@@ -80,7 +81,7 @@ class ValidationReport:
                 "line": line,
                 "column": column,
                 "check": check,
-                "message": message,
+                "message": preview(message, MESSAGE_CHARS),  # a parser may quote a huge line
                 "value": preview(value),
             }
         )

@@ -154,29 +154,34 @@ class Decoder:
         pad = tokenizer.pad_token_id
         self.pad = tokenizer.eos_token_id if pad is None else pad
         self.rows: list[_Row] = []
+        self.failures: list[tuple[int, Exception]] = []  # rows whose own work raised
         self.past: Any = None
         self.mask: torch.Tensor | None = None  # [rows, cached length]
         self.last: torch.Tensor | None = None  # [rows, 1]: the next input token
         self.pos: torch.Tensor | None = None  # [rows, 1]: its position
 
     def admit(self, keyed: list[tuple[int, Request]]) -> list[TokenEvent]:
-        """Prefill new requests, join them to the batch; returns their first tokens' events."""
-        width = max(len(r.prompt_ids) for _, r in keyed)
-        ids = torch.full((len(keyed), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(keyed), width), dtype=torch.long)
-        for n, (_, r) in enumerate(keyed):
-            ids[n, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[n, width - len(r.prompt_ids) :] = 1
+        """Prefill new requests, join them to the batch; returns their first tokens' events.
+
+        A request whose own work raises (its sampler, its text) leaves the batch and is put in
+        ``failures``; the others go on. An exception from here is a fault of the whole call.
+        """
+        rows = []
+        for k, r in keyed:  # a request that cannot start fails alone
+            try:
+                text = _TextState(self.tokenizer, r.sampling.stop_sequences)
+                rows.append(_Row(k, r, text, _generator(r, self)))
+            except Exception as exc:
+                self.failures.append((k, exc))
+        if not rows:
+            return []
+        width = max(len(row.request.prompt_ids) for row in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for n, row in enumerate(rows):
+            ids[n, width - len(row.request.prompt_ids) :] = torch.tensor(row.request.prompt_ids)
+            mask[n, width - len(row.request.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        rows = [
-            _Row(
-                k,
-                r,
-                _TextState(self.tokenizer, r.sampling.stop_sequences),
-                _generator(r, self),
-            )
-            for k, r in keyed
-        ]
         with torch.inference_mode():
             out = self.forward(
                 [row.request for row in rows],
@@ -220,12 +225,16 @@ class Decoder:
                 row.done = True
                 continue
             expired = r.deadline is not None and now > r.deadline
-            token = choose(logits[n], r.sampling, row.generator)
-            row.count += 1
-            is_eos = token in self.eos
-            events.append(
-                _event(row.key, token, logits[n], r, row.text, row.count, is_eos, expired)
-            )
+            try:
+                token = choose(logits[n], r.sampling, row.generator)
+                row.count += 1
+                is_eos = token in self.eos
+                event = _event(row.key, token, logits[n], r, row.text, row.count, is_eos, expired)
+            except Exception as exc:  # this row's sampling or decoding: it leaves, alone
+                self.failures.append((row.key, exc))
+                row.done = True
+                continue
+            events.append(event)
             row.done = _finished(is_eos, row.text, row.count, r, expired)
             assert self.last is not None
             self.last[offset + n, 0] = token

@@ -99,32 +99,68 @@ class Scheduler:
             if not running and not waiting and self._pending.empty():
                 self.idle.set()
             waiting += self._arrivals(idle=not running and not waiting)
+            room = self.max_batch - (len(decoder.rows) if running else 0)
+            admitted, waiting = _fit(waiting, room, running)
             try:
-                room = self.max_batch - (len(decoder.rows) if running else 0)
-                admitted, waiting = _fit(waiting, room, running)
                 if admitted:
-                    keyed = []
-                    for sub in admitted:
-                        for k, r in enumerate(sub.requests):
-                            key = next(keys)
-                            owners[key] = (sub, k)
-                            keyed.append((key, r))
                     if not running:
                         decoder = self.engine.decoder()
-                    self._route(decoder.admit(keyed), owners)
+                    self._admit(decoder, admitted, owners, keys)
                 if decoder is not None and decoder.rows:
                     self._route(decoder.step(), owners)
-            except BaseException as exc:  # the callers see it; the scheduler goes on
+                    self._fail_rows(decoder, owners)
+            except BaseException as exc:  # a fault of the whole batch: its callers see it
                 for sub in {id(s): s for s, _ in owners.values()}.values():
-                    sub.events.put(exc)
-                    sub.events.put(_DONE)
+                    _fail(sub, exc)
                 owners.clear()
                 decoder = None
             self._forget_cancelled(owners)
 
+    def _admit(
+        self,
+        decoder: Any,
+        admitted: list[_Submission],
+        owners: dict[int, tuple[_Submission, int]],
+        keys: Iterator[int],
+    ) -> None:
+        """Prefill the admitted submissions together. If that raises, prefill each alone, so
+        that only the submission at fault fails; the running rows are not touched."""
+        groups = [admitted] + ([[sub] for sub in admitted] if len(admitted) > 1 else [])
+        for n, group in enumerate(groups):
+            keyed = []
+            for sub in group:
+                for k, r in enumerate(sub.requests):
+                    key = next(keys)
+                    owners[key] = (sub, k)
+                    keyed.append((key, r))
+            try:
+                self._route(decoder.admit(keyed), owners)
+            except Exception as exc:
+                for key, _ in keyed:
+                    owners.pop(key, None)
+                if len(group) == 1:
+                    _fail(group[0], exc)
+                continue
+            self._fail_rows(decoder, owners)
+            if n == 0:
+                return  # all admitted together
+
+    @staticmethod
+    def _fail_rows(decoder: Any, owners: dict[int, tuple[_Submission, int]]) -> None:
+        """Fail the submissions whose rows raised in the decoder; their other rows leave."""
+        failures, decoder.failures = decoder.failures, []
+        for key, exc in failures:
+            if key in owners:
+                sub, _ = owners[key]
+                for other in [k for k, (s, _) in owners.items() if s is sub]:
+                    del owners[other]
+                _fail(sub, exc)
+
     @staticmethod
     def _route(events: list[TokenEvent], owners: dict[int, tuple[_Submission, int]]) -> None:
         for event in events:
+            if event.index not in owners:
+                continue  # its submission failed or was cancelled
             sub, k = owners[event.index]
             if event.finished:
                 del owners[event.index]
@@ -138,6 +174,13 @@ class Scheduler:
     def _forget_cancelled(owners: dict[int, tuple[_Submission, int]]) -> None:
         for key in [key for key, (sub, _) in owners.items() if sub.cancelled.is_set()]:
             del owners[key]
+
+
+def _fail(sub: _Submission, exc: BaseException) -> None:
+    """End a submission with ``exc``: its caller raises it; its rows leave the batch."""
+    sub.cancelled.set()
+    sub.events.put(exc)
+    sub.events.put(_DONE)
 
 
 def _fit(

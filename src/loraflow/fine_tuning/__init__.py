@@ -22,6 +22,7 @@ JOB_IDS = JobIds("ft", "fine-tune")
 SUFFIX = re.compile(r"^[A-Za-z0-9-]{1,28}$")
 TAG = "loraflow-fine-tune"
 FLOW_NAME = "fine-tune"
+ENTRYPOINT = "flows.fine_tune:fine_tune"  # the flow, for resuming a run no deployment started
 
 
 class FineTuneRequest(BaseModel):

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraflow.errors import InvalidRequestError
+from loraflow.errors import InvalidRequestError, shorten
 
 ZOO_NAME = "models.yaml"  # configs/models.yaml; wheels carry it as loraflow/configs/models.yaml
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -86,6 +86,9 @@ def load_zoo(path: Path | None = None) -> dict[str, ModelSpec]:
     return {name: ModelSpec(name=name, **body) for name, body in raw.items()}
 
 
+MAX_REFERENCE = 1024  # characters in a base-model name, hub id or path
+
+
 def resolve_model(model: str) -> ModelSpec:
     """The spec for a zoo name, a local checkpoint directory, or a hub id.
 
@@ -94,12 +97,19 @@ def resolve_model(model: str) -> ModelSpec:
     zoo = load_zoo()
     if model in zoo:
         return zoo[model]
-    path = Path(model).expanduser()
-    if (path / "config.json").is_file():
-        return ModelSpec(name=path.name, source=ModelSource(path=str(path.resolve())))
-    if _HUB_ID.match(model) and not path.exists():
-        return ModelSpec(name=model.split("/")[-1], source=ModelSource(hub=model))
-    raise InvalidRequestError(
-        f"unknown base model {model!r}: use one of {', '.join(sorted(zoo))}, a Hugging Face "
-        "hub id (org/name), or a local checkpoint directory"
+    unknown = InvalidRequestError(
+        f"unknown base model {shorten(model)!r}: use one of {', '.join(sorted(zoo))}, a "
+        "Hugging Face hub id (org/name), or a local checkpoint directory"
     )
+    if len(model) > MAX_REFERENCE or "\x00" in model:
+        raise unknown
+    try:
+        path = Path(model).expanduser()
+        if (path / "config.json").is_file():
+            return ModelSpec(name=path.name, source=ModelSource(path=str(path.resolve())))
+        exists = path.exists()
+    except (OSError, UnicodeError):  # not a path this system can have
+        raise unknown from None
+    if _HUB_ID.match(model) and not exists:
+        return ModelSpec(name=model.split("/")[-1], source=ModelSource(hub=model))
+    raise unknown

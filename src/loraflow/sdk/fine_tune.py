@@ -12,6 +12,7 @@ from typing import Any
 from loraflow import jobs
 from loraflow.errors import LoraflowError
 from loraflow.fine_tuning import (
+    ENTRYPOINT,
     FLOW_NAME,
     JOB_IDS,
     TAG,
@@ -170,9 +171,12 @@ class FineTune:
 
     @classmethod
     def resume(cls, fine_tune_id: str) -> GetFineTuneResponse:
-        """Run a FAILURE (e.g. a killed worker) again; it resumes from its last checkpoint.
+        """Run a FAILURE (a killed worker or process, an error) again, under the same job id;
+        it continues from its last checkpoint. Not in LLM Engine's client.
 
-        The same as Retry in the Prefect UI. Not in LLM Engine's client.
+        A job a deployment started goes back to its work pool (as Retry in the Prefect UI
+        does) and this returns at once; a job started from Python (``fine_tune(...)``) runs
+        again here, in this process, and this returns when it ends.
         """
         from prefect.states import AwaitingRetry
 
@@ -182,5 +186,8 @@ class FineTune:
                 raise LoraflowError(
                     f"{fine_tune_id} is {_response(run).status}; only a FAILURE resumes"
                 )
-            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+            if run.deployment_id is None:
+                jobs.rerun_here(client, run, ENTRYPOINT)
+            else:
+                client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
             return _response(client.read_flow_run(run.id))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
@@ -37,4 +39,27 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
             f"  llmengine: LLM_ENGINE_BASE_PATH=http://{host}:{port}/ SCALE_API_KEY=<key>\n"
             f"  openai:    OpenAI(base_url='http://{host}:{port}/v1', api_key='<key>')"
         )
-    uvicorn.run(build(keys), host=host, port=port, log_level="info", access_log=False)
+    with _exit_cleanly_on_sigterm():
+        uvicorn.run(build(keys), host=host, port=port, log_level="info", access_log=False)
+
+
+@contextmanager
+def _exit_cleanly_on_sigterm() -> Iterator[None]:
+    """uvicorn shuts down on SIGTERM, then raises the signal again; by default that kills the
+    process before its exit handlers run, orphaning what they stop (the ephemeral Prefect
+    server a job call starts). Here it becomes a normal exit, as SIGINT already is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -52,20 +52,29 @@ class ApiKeys:
 
 
 class BodyLimit:
-    """ASGI middleware: uploads above ``limit`` bytes get 413, counted as they stream in."""
+    """ASGI middleware: bodies above their limit get 413, counted as they stream in: uploads
+    above ``upload_limit`` bytes, any other request (a JSON body) above ``request_limit``."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, upload_limit: int, request_limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = upload_limit
+        self.request_limit = request_limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith(UPLOAD_PATHS):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["path"].endswith(UPLOAD_PATHS)
+        limit = self.upload_limit if upload else self.request_limit
+        refusal = (
+            f"the file is larger than the limit of {limit:,} bytes (max_upload_bytes)"
+            if upload
+            else f"the request body is larger than the limit of {limit:,} bytes (max_request_bytes)"
+        )
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reject(send, refusal)
             return
         seen = 0
         exceeded = replaced = False
@@ -75,39 +84,37 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     exceeded = True
-                    raise PayloadTooLarge(self._message())
+                    raise PayloadTooLarge(refusal)
             return message
 
-        async def guarded_send(message: Any) -> None:
+        async def guarded_send(sent: Any) -> None:
             # a parser that swallowed the error answers 400: the client gets the 413 instead
             nonlocal replaced
             if not exceeded:
-                await send(message)
+                await send(sent)
             elif not replaced:
                 replaced = True
-                await self._reject(send)
+                await _reject(send, refusal)
 
         try:
             await self.app(scope, limited, guarded_send)
         except PayloadTooLarge:
             if not replaced:
-                await self._reject(send)
+                await _reject(send, refusal)
 
-    def _message(self) -> str:
-        return f"the file is larger than the limit of {self.limit:,} bytes (max_upload_bytes)"
 
-    async def _reject(self, send: Any) -> None:
-        response = error_response(413, self._message())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
+async def _reject(send: Any, message: str) -> None:
+    response = error_response(413, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(k.encode(), v.encode()) for k, v in response.headers.items()],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> FastAPI:
@@ -142,6 +149,40 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
         get_store().exists("readyz")  # the object store answers
         return {"status": "ready"}
 
-    limit = max_upload_bytes or get_settings().max_upload_bytes
-    app.add_middleware(BodyLimit, limit=limit)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    settings = get_settings()
+    app.add_middleware(
+        BodyLimit,
+        upload_limit=max_upload_bytes or settings.max_upload_bytes,
+        request_limit=settings.max_request_bytes,
+    )
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, saying what this service answers: a bad request is a 400 with
+    ``{"detail": message}`` (never FastAPI's 422), as LLM Engine's client expects."""
+    from fastapi.openapi.utils import get_openapi
+
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    error = {"$ref": "#/components/schemas/ErrorDetail"}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses["400"] = {
+                "description": "Bad request: the message names the field and what to do",
+                "content": {"application/json": {"schema": error}},
+            }
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    components["ErrorDetail"] = {
+        "type": "object",
+        "properties": {"detail": {"type": "string"}},
+        "required": ["detail"],
+    }
+    app.openapi_schema = schema
+    return schema

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,8 +44,16 @@ def message_of(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, LoraflowError) else "internal error"
 
 
-def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+def error_response(
+    status: int, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
+
+
+NOT_UNICODE = (
+    "the request holds text that is not valid Unicode (a lone surrogate such as \\ud800); "
+    "send UTF-8 text"
+)
 
 
 def install_errors(app: FastAPI) -> None:
@@ -66,7 +75,11 @@ def install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail), exc.headers)  # 405: Allow
+
+    @app.exception_handler(UnicodeError)
+    async def _unicode(request: Request, exc: UnicodeError) -> JSONResponse:
+        return error_response(400, NOT_UNICODE)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

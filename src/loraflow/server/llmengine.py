@@ -9,20 +9,28 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Path, Query, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import completion
 from loraflow.aio import iterate_in_thread
+from loraflow.batch import JOB_IDS as BATCH_IDS
 from loraflow.errors import InvalidRequestError
+from loraflow.files import FILE_ID
+from loraflow.fine_tuning import JOB_IDS as FINE_TUNE_IDS
 from loraflow.sdk import Completion, FineTune, Model
 from loraflow.sdk import File as Files
 from loraflow.server.errors import message_of, status_of
-from loraflow.types import CompletionStreamResponse, StreamError, StreamErrorContent
+from loraflow.types import CompletionStreamResponse, Seed, StreamError, StreamErrorContent
+
+# ids as the OpenAPI schema shows them; a malformed one is a 400 naming the field
+FileId = Annotated[str, Path(pattern=FILE_ID.pattern, description="file-… id")]
+FineTuneId = Annotated[str, Path(pattern=FINE_TUNE_IDS.pattern.pattern, description="ft-… id")]
+BatchId = Annotated[str, Path(pattern=BATCH_IDS.pattern.pattern, description="batch-… id")]
 
 router = APIRouter()
 log = logging.getLogger("loraflow.server")
@@ -42,17 +50,17 @@ def list_files() -> Any:
 
 
 @router.get("/v1/files/{file_id}")
-def get_file(file_id: str) -> Any:
+def get_file(file_id: FileId) -> Any:
     return Files.get(file_id)
 
 
 @router.get("/v1/files/{file_id}/content")
-def file_content(file_id: str) -> Any:
+def file_content(file_id: FileId) -> Any:
     return Files.download(file_id)
 
 
 @router.delete("/v1/files/{file_id}")
-def delete_file(file_id: str) -> Any:
+def delete_file(file_id: FileId) -> Any:
     return Files.delete(file_id)
 
 
@@ -70,6 +78,7 @@ class CreateFineTuneRequest(BaseModel):
 
 @router.post("/v1/llm/fine-tunes")
 def create_fine_tune(body: CreateFineTuneRequest) -> Any:
+    _check_remote_base_model(body.model)
     return FineTune.create(
         body.model,
         body.training_file,
@@ -80,23 +89,38 @@ def create_fine_tune(body: CreateFineTuneRequest) -> Any:
     )
 
 
+def _check_remote_base_model(model: str) -> None:
+    """Over HTTP a base model is one of the zoo's, or one that ``remote_base_models`` allows:
+    a client must not make the server read its own paths or fetch any hub id."""
+    from loraflow.models import load_zoo
+    from loraflow.settings import get_settings
+
+    allowed = [*load_zoo(), *get_settings().remote_base_models]
+    if model not in allowed:
+        raise InvalidRequestError(
+            f"model: over HTTP, name one of {', '.join(sorted(allowed))} (the server's "
+            "remote_base_models setting allows more); local paths and hub ids are for the "
+            "Python SDK on the server's machine"
+        )
+
+
 @router.get("/v1/llm/fine-tunes")
 def list_fine_tunes() -> Any:
     return FineTune.list()
 
 
 @router.get("/v1/llm/fine-tunes/{job_id}")
-def get_fine_tune(job_id: str) -> Any:
+def get_fine_tune(job_id: FineTuneId) -> Any:
     return FineTune.get(job_id)
 
 
 @router.put("/v1/llm/fine-tunes/{job_id}/cancel")
-def cancel_fine_tune(job_id: str) -> Any:
+def cancel_fine_tune(job_id: FineTuneId) -> Any:
     return FineTune.cancel(job_id)
 
 
 @router.get("/v1/llm/fine-tunes/{job_id}/events")
-def fine_tune_events(job_id: str) -> Any:
+def fine_tune_events(job_id: FineTuneId) -> Any:
     return FineTune.get_events(job_id)
 
 
@@ -176,7 +200,7 @@ class CompletionRequest(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     skip_special_tokens: bool | None = True
-    seed: int | None = None  # loraflow's addition
+    seed: Seed | None = None  # loraflow's addition
 
     def params(self) -> completion.Params:
         unsupported = [
@@ -264,7 +288,7 @@ class BatchContent(BaseModel):
 class BatchModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class BatchRequest(BaseModel):
@@ -328,10 +352,10 @@ def batch_v2(body: BatchRequest) -> Any:
 
 
 @router.get("/v2/batch-completions/{job_id}")
-def get_batch(job_id: str) -> Any:
+def get_batch(job_id: BatchId) -> Any:
     return {"job": _job(job_id)}
 
 
 @router.post("/v2/batch-completions/{job_id}/actions/cancel")
-def cancel_batch(job_id: str) -> Any:
+def cancel_batch(job_id: BatchId) -> Any:
     return Completion.cancel_batch_completion(job_id)

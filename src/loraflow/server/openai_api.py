@@ -23,6 +23,7 @@ from loraflow.aio import iterate_in_thread
 from loraflow.errors import InvalidRequestError
 from loraflow.sdk import Model
 from loraflow.server.errors import message_of
+from loraflow.types import Seed
 
 router = APIRouter()
 log = logging.getLogger("loraflow.server")
@@ -36,7 +37,7 @@ class _Common(BaseModel):
     n: int = Field(1, ge=1, le=64)
     stop: str | list[str] | None = None
     stream: bool = False
-    seed: int | None = None
+    seed: Seed | None = None
 
     def params(self, max_tokens: int | None, log_probs: bool) -> completion.Params:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop

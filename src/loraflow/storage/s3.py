@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from loraflow.errors import NotFoundError, StorageError
+from loraflow.errors import NotFoundError, StorageError, redact
 from loraflow.storage.base import (
     PRESIGN_SECONDS,
     HashingReader,
@@ -24,20 +25,48 @@ log = logging.getLogger(__name__)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
+def s3_credentials(settings: Settings) -> dict[str, str]:
+    """loraflow's S3 settings as boto3 takes them; empty ones are left to the AWS chain.
+
+    The one source of S3 access for every part: the store and its presigned URLs
+    (``make_client``) and the tools that build their own clients (``s3_environment``).
+    """
+    secret, token = settings.s3_secret_access_key, settings.s3_session_token
+    given = {
+        "endpoint_url": settings.s3_endpoint_url,
+        "region_name": settings.s3_region,
+        "aws_access_key_id": settings.s3_access_key_id,
+        "aws_secret_access_key": secret.get_secret_value() if secret else None,
+        "aws_session_token": token.get_secret_value() if token else None,
+    }
+    return {k: v for k, v in given.items() if v}
+
+
+_ENVIRONMENT = {
+    "endpoint_url": ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"),
+    "region_name": ("AWS_DEFAULT_REGION",),
+    "aws_access_key_id": ("AWS_ACCESS_KEY_ID",),
+    "aws_secret_access_key": ("AWS_SECRET_ACCESS_KEY",),
+    "aws_session_token": ("AWS_SESSION_TOKEN",),
+}
+
+
+def s3_environment(settings: Settings) -> dict[str, str]:
+    """The same settings as the variables of tools that make their own boto3 clients
+    (MLflow's artifact store, a model server loading adapters from S3)."""
+    return {
+        name: value for key, value in s3_credentials(settings).items() for name in _ENVIRONMENT[key]
+    }
+
+
 def make_client(settings: Settings) -> Any:
     """A boto3 S3 client from settings; credentials fall back to the standard AWS chain."""
     import boto3
     from botocore.config import Config
 
-    secret = settings.s3_secret_access_key
-    token = settings.s3_session_token
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None,
-        aws_session_token=token.get_secret_value() if token else None,
+        **s3_credentials(settings),
         config=Config(
             signature_version="s3v4",
             # "standard" mode backs off exponentially with jitter on throttling (SlowDown, 429),
@@ -73,7 +102,7 @@ class S3Store(ObjectStore):
             self.client.upload_fileobj(reader, self.bucket, full, Config=self._transfer)
         except Exception as exc:
             self._abort_multipart(full)
-            raise StorageError(f"upload to {self.uri}{key} failed: {exc}") from exc
+            raise StorageError(redact(f"upload to {self.uri}{key} failed: {exc}")) from None
         finally:
             if owned:
                 stream.close()
@@ -101,40 +130,48 @@ class S3Store(ObjectStore):
                 exc,
             )
 
-    def open(self, key: str) -> BinaryIO:
-        from botocore.exceptions import ClientError
+    @contextmanager
+    def _calls(self, what: str, key: str = "") -> Iterator[None]:
+        """Map boto3's failures to NotFoundError (a missing object) or one-line StorageErrors
+        naming the store and the action; credentials in an endpoint URL are masked."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            yield
         except ClientError as exc:
             if exc.response["Error"]["Code"] in _MISSING:
                 raise NotFoundError(f"no object {key!r} in {self.uri}") from None
-            raise StorageError(f"reading {self.uri}{key} failed: {exc}") from exc
+            raise StorageError(redact(f"{what} {self.uri}{key} failed: {exc}")) from None
+        except BotoCoreError as exc:  # connection refused, timeouts, no credentials
+            raise StorageError(redact(f"{what} {self.uri}{key} failed: {exc}")) from None
+
+    def open(self, key: str) -> BinaryIO:
+        with self._calls("reading", key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-            for item in page.get("Contents", []):
-                yield ObjectInfo(
-                    key=item["Key"][len(self.prefix) :],
-                    size=item["Size"],
-                    modified=item["LastModified"],
-                )
+        with self._calls("listing", prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=item["Key"][len(self.prefix) :],
+                        size=item["Size"],
+                        modified=item["LastModified"],
+                    )
 
     def delete(self, key: str) -> bool:
         existed = self.exists(key)
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._calls("deleting", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         return existed
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] in _MISSING:
-                return False
-            raise StorageError(f"checking {self.uri}{key} failed: {exc}") from exc
+            with self._calls("checking", key):
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except NotFoundError:
+            return False
         return True
 
     def url(self, key: str, expires_in: int = PRESIGN_SECONDS) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loraflow.errors import InvalidRequestError
+from loraflow.types import DataSeed
 
 LORA_KEYS = {
     "r": (int, 1, 1024),
@@ -41,7 +42,9 @@ class Hyperparameters(BaseModel):
     )
     batch_size: int = Field(8, ge=1, le=1024, description="Examples per micro-batch.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Micro-batches a step.")
-    seed: int = Field(42, description="Seed of data order, LoRA init and the validation split.")
+    seed: DataSeed = Field(
+        42, description="Seed of data order, LoRA init and the validation split."
+    )
     eval_every: int | None = Field(
         None, ge=1, description="Evaluate every N steps; default: at the end of each epoch."
     )

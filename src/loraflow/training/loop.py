@@ -133,6 +133,8 @@ class Trainer:
         self.plan = plan
         self.hp = plan.hyperparameters
         self.reporter = reporter
+        # the latest losses; checkpoints keep them, so a job resumed at its end reports them
+        self.losses: dict[str, float | None] = {"train_loss": None, "eval_loss": None}
 
     # -- setup ---------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -196,6 +198,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
+                "losses": self.losses,
             },
             state,
         )
@@ -219,6 +222,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
+        self.losses = state.get("losses", self.losses)
         self.reporter.event(f"resumed from the checkpoint at step {found.step}")
         return int(found.step)
 
@@ -300,7 +304,7 @@ class Trainer:
                 "warning",
             )
         start_step = self._resume()
-        step, history, eval_loss = start_step, [], None
+        step, history = start_step, []
         eval_every = hp.eval_every or self.steps_per_epoch
         save_every = hp.save_every or self.steps_per_epoch
         for epoch in range(hp.epochs):
@@ -313,10 +317,11 @@ class Trainer:
                 seconds = time.perf_counter() - began
                 values["tokens_per_second"] = values.pop("tokens") / seconds
                 values["epoch"] = round(step / self.steps_per_epoch, 4)
+                self.losses["train_loss"] = values["loss"]
                 if step % eval_every == 0 or step == self.total_steps:
                     eval_loss = self.evaluate()
                     if eval_loss is not None:
-                        values["eval_loss"] = eval_loss
+                        values["eval_loss"] = self.losses["eval_loss"] = eval_loss
                 history.append({"step": step, **values})
                 rep.metrics(step, values)
                 if step % save_every == 0 or step == self.total_steps:
@@ -325,14 +330,13 @@ class Trainer:
                     if step % save_every:
                         self._save(step)
                     raise TrainingCancelled(step)
-        return self._finish(step, start_step, history, eval_loss, stats)
+        return self._finish(step, start_step, history, stats)
 
     def _finish(
         self,
         step: int,
         start: int,
         history: list[dict[str, float]],
-        eval_loss: float | None,
         stats: dict[str, Any],
     ) -> TrainResult:
         adapter_dir = self.plan.output_dir / "adapter"
@@ -340,13 +344,12 @@ class Trainer:
             self._unwrapped().save_pretrained(adapter_dir)
             self.tokenizer.save_pretrained(adapter_dir)
         self.accelerator.wait_for_everyone()
-        losses = [h["loss"] for h in history]
         return TrainResult(
             adapter_dir=adapter_dir,
             steps=step,
             resumed_from=start or None,
-            train_loss=losses[-1] if losses else None,
-            eval_loss=eval_loss,
+            train_loss=self.losses["train_loss"],
+            eval_loss=self.losses["eval_loss"],
             stats=stats,
             history=history,
         )

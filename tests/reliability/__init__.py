@@ -1,0 +1,1 @@
+"""The reliability suite: hostile input and faults, each test marked ``reliability``."""
