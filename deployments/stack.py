@@ -132,7 +132,12 @@ class Stack:
         """Start what is not running, wait until each is healthy; ``deploy`` runs once the
         Prefect server is up and before the worker starts. On a failure, stops what this
         call started and raises StackError with the service's last log lines."""
+        from loraflow.files import housekeeping
+
         self.dir.mkdir(parents=True, exist_ok=True)
+        removed = housekeeping(self.settings)
+        if removed:
+            announce(f"storage: removed {len(removed)} leftover object(s) of failed uploads")
         started: list[Service] = []
         try:
             for service in self.services():

@@ -122,7 +122,7 @@ def test_s3_retries_throttling_and_server_errors(s3_bucket: str, moto_endpoint: 
 
 def test_s3_gives_up_after_bounded_retries(s3_bucket: str, moto_endpoint: str) -> None:
     with FlakyProxy(moto_endpoint, statuses=[503] * 1000) as proxy:
-        store = open_store(s3_settings(s3_bucket, proxy.url, s3_max_attempts=2))
+        store = open_store(s3_settings(s3_bucket, proxy.url, s3_max_attempts=2, s3_retry_window=0))
         with pytest.raises(StorageError, match="SlowDown"):
             store.put("k", b"payload")
     assert proxy.requests < 10  # a few attempts of the put and of the cleanup, then it stops

@@ -15,10 +15,10 @@ import re
 import secrets
 import string
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ FileSource = Path | str | IO[bytes] | IO[str]
 
 
 _PARTS = ("content", "rows.parquet", "report.json")
+SWEEP_AFTER = timedelta(hours=1)
 
 
 class IngestConfig(BaseModel):
@@ -266,6 +267,25 @@ class FileRepository:
         self.get(file_id)
         return self.store.url(_key(file_id, "content"), expires_in)
 
+    def sweep(self, older_than: timedelta = SWEEP_AFTER) -> Sequence[str]:
+        """Remove what failed uploads left behind, once older than ``older_than`` (younger
+        ones may be uploading now): file folders with no metadata (never listed, never
+        readable) and unfinished multipart uploads. Returns the keys removed."""
+        now = datetime.now(UTC)
+        folders: dict[str, Any] = {}
+        for info in self.store.list("files/"):
+            folders.setdefault(info.key.split("/")[1], []).append(info)
+        removed = []
+        for infos in folders.values():
+            if any(i.key.endswith("/meta.json") for i in infos):
+                continue
+            if any(i.modified is None or now - i.modified < older_than for i in infos):
+                continue
+            for info in infos:
+                self.store.delete(info.key)
+                removed.append(info.key)
+        return [*removed, *self.store.abort_unfinished(older_than)]
+
     def delete(self, file_id: str) -> bool:
         """Delete the file; True if it existed. The metadata goes first, so it unlists at once."""
         self.get(file_id)
@@ -313,3 +333,21 @@ def local_file(source: FileSource, work_dir: Path) -> Iterator[tuple[Path, str]]
             tmp.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
         tmp.flush()
         yield Path(tmp.name), name
+
+
+def housekeeping(settings: Settings | None = None) -> Sequence[str]:
+    """At each start of the service or the stack: sweep what failed uploads left, and ask
+    the store to clean up unfinished uploads itself. Best effort: storage being down here is
+    logged, not fatal. Returns the keys removed."""
+    from loraflow.errors import LoraflowError
+
+    repository = FileRepository.from_settings(settings)
+    try:
+        repository.store.ensure_cleanup_rule()
+        removed = repository.sweep()
+    except LoraflowError as exc:
+        log.warning("storage housekeeping skipped: %s", exc)
+        return []
+    if removed:
+        log.info("removed %d leftover object(s) of failed uploads", len(removed))
+    return removed

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     multipart_threshold: int = Field(
         64 * 2**20, ge=5 * 2**20, description="Uploads above this many bytes go multipart."
     )
+    s3_retry_window: float = Field(
+        60,
+        ge=0,
+        description="Seconds an S3 write keeps retrying through an outage (with backoff) "
+        "before it fails; a multipart upload resumes at the part it was sending.",
+    )
     s3_max_attempts: int = Field(
         8, ge=1, le=20, description="Attempts per S3 call, with backoff, on throttling and 5xx."
     )

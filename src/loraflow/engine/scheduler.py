@@ -110,7 +110,8 @@ class Scheduler:
                     self._route(decoder.step(), owners)
                     self._fail_rows(decoder, owners)
             except BaseException as exc:  # a fault of the whole batch: its callers see it
-                for sub in {id(s): s for s, _ in owners.values()}.values():
+                hit = [s for s, _ in owners.values()] + admitted
+                for sub in {id(s): s for s in hit}.values():
                     _fail(sub, exc)
                 owners.clear()
                 decoder = None

@@ -27,6 +27,7 @@ def _s3(settings: Settings, location: SplitResult) -> ObjectStore:
         location.netloc,
         location.path,
         threshold=settings.multipart_threshold,
+        retry_window=settings.s3_retry_window,
     )
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -92,6 +92,16 @@ class ObjectStore(ABC):
     @abstractmethod
     def url(self, key: str, expires_in: int = PRESIGN_SECONDS) -> str:
         """A URL that fetches ``key``: presigned on S3, ``file://`` locally."""
+
+    def abort_unfinished(self, older_than: timedelta) -> Sequence[str]:
+        """Abort uploads left unfinished (S3 multipart parts) for longer than ``older_than``;
+        the keys they were for. A store that writes whole objects has none."""
+        return []
+
+    def ensure_cleanup_rule(self) -> bool:
+        """Ask the store itself to drop unfinished uploads (an S3 lifecycle rule) where it
+        allows it; True when the rule is in place or none is needed."""
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         """Read all of ``key`` into memory."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from loraflow.errors import NotFoundError, StorageError, redact
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _MISSING = {"404", "NoSuchKey", "NotFound"}
+CLEANUP_RULE = "loraflow-abort-unfinished-uploads"
+_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
 
 
 def s3_credentials(settings: Settings) -> dict[str, str]:
@@ -80,33 +85,120 @@ def make_client(settings: Settings) -> Any:
 class S3Store(ObjectStore):
     """Objects under ``s3://bucket/prefix``. Uploads above the threshold go multipart."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", *, threshold: int) -> None:
-        from boto3.s3.transfer import TransferConfig
-
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        threshold: int,
+        retry_window: float = 60,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}"
-        self._transfer = TransferConfig(
-            multipart_threshold=threshold, multipart_chunksize=max(threshold // 4, 5 * 2**20)
-        )
+        self.threshold = threshold
+        self.part_size = max(threshold // 4, 5 * 2**20)
+        self.retry_window = retry_window
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
     def put(self, key: str, source: Source) -> ObjectInfo:
+        """One PUT up to the threshold, else a multipart upload sent part by part; each call
+        retries through an outage for ``retry_window`` seconds, so a multipart upload resumes
+        at the part it was sending. On failure no object and no unfinished upload is left
+        (what storage being down kept us from aborting, the next sweep aborts)."""
         full = self._key(key)
         stream, owned = as_stream(source)
         reader = HashingReader(stream)
         try:
-            self.client.upload_fileobj(reader, self.bucket, full, Config=self._transfer)
-        except Exception as exc:
-            self._abort_multipart(full)
-            raise StorageError(redact(f"upload to {self.uri}{key} failed: {exc}")) from None
+            head = reader.read(self.threshold + 1)
+            if len(head) <= self.threshold:
+                self._retrying(
+                    "upload to",
+                    key,
+                    lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=head),
+                )
+            else:
+                self._multipart(full, key, head, reader)
+        except StorageError:
+            raise
+        except Exception as exc:  # the source failed while it was read
+            raise StorageError(redact(f"upload to {self.uri}{key} failed: {exc}")) from exc
         finally:
             if owned:
                 stream.close()
         return ObjectInfo(key=key, size=reader.size, sha256=reader.sha256)
+
+    def _multipart(self, full: str, key: str, head: bytes, reader: HashingReader) -> None:
+        started = self._retrying(
+            "upload to",
+            key,
+            lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=full),
+        )
+        upload_id = started["UploadId"]
+        parts: list[dict[str, Any]] = []
+        pending = head
+        try:
+            while pending or not parts:
+                chunk, pending = pending[: self.part_size], pending[self.part_size :]
+                if len(pending) < self.part_size:
+                    pending += reader.read(self.part_size)
+                number = len(parts) + 1
+                sent = self._retrying(
+                    f"upload (part {number}) to",
+                    key,
+                    functools.partial(
+                        self.client.upload_part,
+                        Bucket=self.bucket,
+                        Key=full,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                    ),
+                )
+                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            self._retrying(
+                "upload to",
+                key,
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        except BaseException:
+            self._abort_multipart(full)
+            raise
+
+    def _retrying(self, what: str, key: str, call: Callable[[], Any]) -> Any:
+        """``call()``, retried with backoff (0.5 s doubling to 8 s) while storage is
+        unreachable or answers 5xx, for ``retry_window`` seconds; then a one-line
+        StorageError. Other errors (denied, no such bucket) fail at once."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        deadline = time.monotonic() + self.retry_window
+        pause = 0.5
+        while True:
+            try:
+                return call()
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                transient = status >= 500 or exc.response["Error"]["Code"] in _TRANSIENT
+                failure: Exception = exc
+                if not transient:
+                    break
+            except BotoCoreError as exc:  # connection refused or cut, timeouts
+                failure = exc
+            if time.monotonic() + pause > deadline:
+                break
+            log.warning("%s %s%s: %s; retrying in %.1f s", what, self.uri, key, failure, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 8.0)
+        raise StorageError(redact(f"{what} {self.uri}{key} failed: {failure}")) from None
 
     def _abort_multipart(self, full_key: str) -> None:
         """Abort every unfinished multipart upload of ``full_key`` so no parts linger.
@@ -144,6 +236,52 @@ class S3Store(ObjectStore):
             raise StorageError(redact(f"{what} {self.uri}{key} failed: {exc}")) from None
         except BotoCoreError as exc:  # connection refused, timeouts, no credentials
             raise StorageError(redact(f"{what} {self.uri}{key} failed: {exc}")) from None
+
+    def abort_unfinished(self, older_than: timedelta) -> Sequence[str]:
+        from datetime import UTC, datetime
+
+        cutoff = datetime.now(UTC) - older_than
+        aborted = []
+        with self._calls("sweeping unfinished uploads of"):
+            pages = self.client.get_paginator("list_multipart_uploads")
+            for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] <= cutoff:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted.append(upload["Key"][len(self.prefix) :])
+        return aborted
+
+    def ensure_cleanup_rule(self) -> bool:
+        """Add (never replace) a lifecycle rule aborting this prefix's multipart uploads after
+        a day; False, with the reason logged, where the bucket does not allow it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        rule = {
+            "ID": CLEANUP_RULE,
+            "Filter": {"Prefix": self.prefix},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }
+        try:
+            try:
+                rules = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "NoSuchLifecycleConfiguration":
+                    raise
+                rules = []
+            if any(r.get("ID") == CLEANUP_RULE for r in rules):
+                return True
+            self.client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*rules, rule]}
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.info(
+                "no lifecycle rule on s3://%s (%s); sweeps at start clean up", self.bucket, exc
+            )
+            return False
+        return True
 
     def open(self, key: str) -> BinaryIO:
         with self._calls("reading", key):
