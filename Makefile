@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## create .venv and install loraflow with its test tools
 
 test: setup ## the full test suite (what CI runs)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 test-fast: setup ## the unit tier, for iteration: no Prefect harness, servers or real model
 	$(BIN)/python -m pytest -m "not slow and not integration" -q

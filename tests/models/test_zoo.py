@@ -110,8 +110,9 @@ def test_an_installed_wheel_finds_its_zoo_without_the_checkout(tmp_path: Path) -
     import zipfile
 
     root = Path(__file__).resolve().parents[2]
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(root), "-w", str(tmp_path)],
+        [*pip, str(root), "-w", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,
