@@ -10,12 +10,14 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a real server process and Prefect's ephemeral server: the full suite only
 def test_serve_without_keys_prints_a_new_one_once_and_never_logs_it(
     tmp_path: Path, models_dir: Path
 ) -> None:
