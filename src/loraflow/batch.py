@@ -77,6 +77,7 @@ def parse_inputs(data: bytes, name: str) -> list[str | list[dict[str, str]]]:
     reader (``loraflow.data.readers``); the first problem, with its line, is the error."""
     import polars as pl
 
+    from loraflow.chat import turns
     from loraflow.data.readers import PROMPTS, read_table
     from loraflow.data.report import ValidationReport
 
@@ -91,7 +92,7 @@ def parse_inputs(data: bytes, name: str) -> list[str | list[dict[str, str]]]:
     inputs: list[str | list[dict[str, str]]] = []
     for i, (prompt, chat) in enumerate(zip(frame["prompt"], chats, strict=True)):
         if chat is not None:
-            inputs.append([{"role": t["role"], "content": t["content"]} for t in json.loads(chat)])
+            inputs.append(turns(json.loads(chat)))  # checked by the reader
         elif prompt is not None and prompt.strip():
             inputs.append(prompt)
         else:

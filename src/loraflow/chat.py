@@ -59,3 +59,8 @@ def chat_problem(
     if not any(t["role"] == "user" for t in messages):
         return f"{field}: the conversation needs at least one user turn"
     return None
+
+
+def turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Checked chat ``messages`` as bare ``{role, content}`` turns (``name`` dropped)."""
+    return [{"role": t["role"], "content": t["content"]} for t in messages]

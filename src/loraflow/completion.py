@@ -14,7 +14,7 @@ from typing import Any, Unpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loraflow.backends import CompletionBackend
-from loraflow.chat import chat_problem, text_problem
+from loraflow.chat import chat_problem, text_problem, turns
 from loraflow.errors import InvalidRequestError, LoraflowError, first_problem
 from loraflow.types import (
     CompletionOutput,
@@ -85,7 +85,7 @@ def check_messages(messages: Any, field: str = "messages") -> Messages:
     problem = chat_problem(messages, field, ends_with="user")
     if problem:
         raise InvalidRequestError(problem)
-    return [{"role": t["role"], "content": t["content"]} for t in messages]
+    return turns(messages)
 
 
 def encode_input(

@@ -229,11 +229,12 @@ def _read_chats(
     report: ValidationReport,
     layout: Layout,
     max_chars: int | None,
-) -> tuple[pl.DataFrame, pl.Series]:
-    """Fill the rows that hold a chat from it; leave out rows whose chat is bad."""
+) -> tuple[pl.DataFrame, pl.Series | None]:
+    """Fill the rows that hold a chat from it; leave out rows whose chat is bad. Returns the
+    frame and which of the input rows it kept (None: all)."""
     cells = frame["messages"]
     if cells.null_count() == len(frame):
-        return frame.drop("messages"), pl.Series(range(len(frame)), dtype=pl.UInt32)
+        return frame.drop("messages"), None  # every row kept, none a chat
     rows = frame.drop("messages").to_dicts()
     out, kept = [], []
     lines = line_of(pl.Series(range(len(frame)), dtype=pl.UInt32)).to_list()

@@ -126,7 +126,7 @@ class S3Store(ObjectStore):
         except StorageError:
             raise
         except Exception as exc:  # the source failed while it was read
-            raise StorageError(redact(f"upload to {self.uri}{key} failed: {exc}")) from exc
+            raise self._error("upload to", key, exc) from exc
         finally:
             if owned:
                 stream.close()
@@ -142,7 +142,7 @@ class S3Store(ObjectStore):
         parts: list[dict[str, Any]] = []
         pending = head
         try:
-            while pending or not parts:
+            while pending:
                 chunk, pending = pending[: self.part_size], pending[self.part_size :]
                 if len(pending) < self.part_size:
                     pending += reader.read(self.part_size)
@@ -171,7 +171,7 @@ class S3Store(ObjectStore):
                 ),
             )
         except BaseException:
-            self._abort_multipart(full)
+            self._abort(full, upload_id)
             raise
 
     def _retrying(self, what: str, key: str, call: Callable[[], Any]) -> Any:
@@ -198,25 +198,18 @@ class S3Store(ObjectStore):
             log.warning("%s %s%s: %s; retrying in %.1f s", what, self.uri, key, failure, pause)
             time.sleep(pause)
             pause = min(pause * 2, 8.0)
-        raise StorageError(redact(f"{what} {self.uri}{key} failed: {failure}")) from None
+        raise self._error(what, key, failure) from None
 
-    def _abort_multipart(self, full_key: str) -> None:
-        """Abort every unfinished multipart upload of ``full_key`` so no parts linger.
-
-        boto3 aborts its own failed uploads; this catches the ones it could not. Best effort:
-        a failure here is logged and must not hide the upload's own error.
-        """
+    def _abort(self, full_key: str, upload_id: str) -> None:
+        """Abort a failed multipart upload so no parts linger. Best effort: a failure here
+        (storage still down) is logged and must not hide the upload's own error; the next
+        sweep (``abort_unfinished``) or the bucket's lifecycle rule removes the parts."""
         try:
-            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full_key)
-            for upload in listing.get("Uploads", []):
-                if upload["Key"] == full_key:
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=full_key, UploadId=upload["UploadId"]
-                    )
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
         except Exception as exc:
             log.warning(
-                "could not abort unfinished multipart uploads of s3://%s/%s (%s); a bucket "
-                "lifecycle rule for incomplete multipart uploads removes them",
+                "could not abort the unfinished upload of s3://%s/%s (%s); the next sweep "
+                "removes it",
                 self.bucket,
                 full_key,
                 exc,
@@ -233,9 +226,13 @@ class S3Store(ObjectStore):
         except ClientError as exc:
             if exc.response["Error"]["Code"] in _MISSING:
                 raise NotFoundError(f"no object {key!r} in {self.uri}") from None
-            raise StorageError(redact(f"{what} {self.uri}{key} failed: {exc}")) from None
+            raise self._error(what, key, exc) from None
         except BotoCoreError as exc:  # connection refused, timeouts, no credentials
-            raise StorageError(redact(f"{what} {self.uri}{key} failed: {exc}")) from None
+            raise self._error(what, key, exc) from None
+
+    def _error(self, what: str, key: str, exc: Exception) -> StorageError:
+        """One line naming the action and the object; credentials in URLs masked."""
+        return StorageError(redact(f"{what} {self.uri}{key} failed: {exc}"))
 
     def abort_unfinished(self, older_than: timedelta) -> Sequence[str]:
         from datetime import UTC, datetime
