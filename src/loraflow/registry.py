@@ -23,10 +23,10 @@ from pydantic import Field
 
 from loraflow.errors import InvalidRequestError, NotFoundError, shorten
 from loraflow.storage import get_store
-from loraflow.types import Provenance
+from loraflow.types import MODEL_NAME, Provenance
 
 STAMP = re.compile(r"\.\d{6}-\d{6}$")
-NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+NAME = re.compile(rf"^{MODEL_NAME}$")
 TAG_MODEL = "loraflow.fine_tuned_model"
 TAG_RECIPE = "loraflow.recipe"
 TAG_DATASET = "loraflow.dataset"  # what a retrain read (a prefix resolves to its newest file)

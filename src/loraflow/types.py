@@ -7,10 +7,11 @@ Fields beyond the client's are optional extras it ignores. Only pydantic is impo
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
 
 __all__ = [
     "BatchCompletionsJob",
@@ -40,6 +41,7 @@ __all__ = [
     "ListFineTunesResponse",
     "ListLLMEndpointsResponse",
     "ModelDownloadResponse",
+    "ModelReference",
     "ModelStatus",
     "SamplingOptions",
     "SamplingParams",
@@ -50,10 +52,41 @@ __all__ = [
 ]
 
 
-# A sampling seed: what torch's generators take (loraflow adds the generation's index to it).
-Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+# A sampling seed: an integer every JSON client sends exactly (I-JSON's ±(2**53 - 1)), well
+# inside what torch's generators take (loraflow adds the generation's index to it).
+Seed = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
 # A training or split seed: accelerate's set_seed seeds numpy, which takes 0 to 2**32 - 1.
 DataSeed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+# A model's name (a base model of the zoo, or a fine-tune) ...
+MODEL_NAME = r"[A-Za-z0-9._-]{1,128}"
+# ... and what names one: NAME, NAME@ALIAS or NAME/VERSION, MLflow's models:/ prefix allowed
+MODEL_REFERENCE = rf"^(models:/)?{MODEL_NAME}(@{MODEL_NAME}|/[0-9]{{1,9}})?$"
+_REFERENCE = re.compile(MODEL_REFERENCE)
+
+
+def _model_reference(value: str) -> str:
+    if not _REFERENCE.match(value):
+        shown = value if len(value) <= 60 else value[:60] + "…"
+        raise ValueError(
+            f"{shown!r} is not a model name; use NAME, NAME@ALIAS or NAME/VERSION, where names "
+            "use letters, digits and '._-' only, at most 128 of them"
+        )
+    return value
+
+
+# A model as a request names it; the OpenAPI schema shows the pattern
+ModelReference = Annotated[
+    str,
+    AfterValidator(_model_reference),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": MODEL_REFERENCE,
+            "description": "NAME, NAME@ALIAS or NAME/VERSION",
+        }
+    ),
+]
 
 
 class SamplingOptions(TypedDict, total=False):

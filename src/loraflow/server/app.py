@@ -21,6 +21,12 @@ from loraflow.server import llmengine, openai_api
 from loraflow.server.errors import PayloadTooLarge, Unauthorized, error_response, install_errors
 
 UPLOAD_PATHS = ("/v1/files",)
+OPEN_PATHS = ("/healthz", "/healthcheck", "/readyz")
+SECURITY_SCHEMES = {
+    "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+    "basic": {"type": "http", "scheme": "basic", "description": "the key as the username"},
+    "bearer": {"type": "http", "scheme": "bearer"},
+}
 
 
 class ApiKeys:
@@ -161,22 +167,36 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema, saying what this service answers: a bad request is a 400 with
-    ``{"detail": message}`` (never FastAPI's 422), as LLM Engine's client expects."""
+    ``{"detail": message}`` (never FastAPI's 422), as LLM Engine's client expects, and every
+    route but the health checks takes an API key in any of three places."""
     from fastapi.openapi.utils import get_openapi
 
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     error = {"$ref": "#/components/schemas/ErrorDetail"}
-    for path in schema.get("paths", {}).values():
+
+    def answer(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": error}}}
+
+    for route, path in schema.get("paths", {}).items():
         for operation in path.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            responses["400"] = {
-                "description": "Bad request: the message names the field and what to do",
-                "content": {"application/json": {"schema": error}},
-            }
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
+            responses["400"] = answer("Bad request: the message names the field and what to do")
+            if "requestBody" in operation:
+                responses["413"] = answer("The body is larger than the server's limit")
+            if route not in ("/healthz", "/healthcheck"):
+                responses["503"] = answer(
+                    "Storage, Prefect or MLflow is not reachable: the message says what to start"
+                )
+            if route in OPEN_PATHS:
+                operation["security"] = []
+            else:
+                responses["401"] = answer("Missing or wrong API key")
+    schema["security"] = [{name: []} for name in SECURITY_SCHEMES]
+    schema["components"] = schema.get("components", {}) | {"securitySchemes": SECURITY_SCHEMES}
+    components = schema["components"].setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     components["ErrorDetail"] = {

@@ -50,6 +50,12 @@ def error_response(
     return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
 
 
+ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}}
+# for a route's ``responses``: what the OpenAPI schema documents beside 200 and 400
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Not found: the message names what", "content": ERROR_BODY}
+}
+
 NOT_UNICODE = (
     "the request holds text that is not valid Unicode (a lone surrogate such as \\ud800); "
     "send UTF-8 text"
@@ -75,7 +81,10 @@ def install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), exc.headers)  # 405: Allow
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first route's methods only
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(UnicodeError)
     async def _unicode(request: Request, exc: UnicodeError) -> JSONResponse:
@@ -88,6 +97,20 @@ def install_errors(app: FastAPI) -> None:
         return error_response(
             500, f"internal error (reference {ref}); the server log has the cause"
         )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this request's path."""
+    from starlette.routing import Match
+
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    ]
 
 
 def describe_validation(errors: Any) -> str:

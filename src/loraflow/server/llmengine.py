@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Path, Query, UploadFile
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -24,13 +24,20 @@ from loraflow.files import FILE_ID
 from loraflow.fine_tuning import JOB_IDS as FINE_TUNE_IDS
 from loraflow.sdk import Completion, FineTune, Model
 from loraflow.sdk import File as Files
-from loraflow.server.errors import message_of, status_of
-from loraflow.types import CompletionStreamResponse, Seed, StreamError, StreamErrorContent
+from loraflow.server.errors import NOT_FOUND, message_of, status_of
+from loraflow.types import (
+    CompletionStreamResponse,
+    ModelReference,
+    Seed,
+    StreamError,
+    StreamErrorContent,
+)
 
 # ids as the OpenAPI schema shows them; a malformed one is a 400 naming the field
 FileId = Annotated[str, Path(pattern=FILE_ID.pattern, description="file-… id")]
 FineTuneId = Annotated[str, Path(pattern=FINE_TUNE_IDS.pattern.pattern, description="ft-… id")]
 BatchId = Annotated[str, Path(pattern=BATCH_IDS.pattern.pattern, description="batch-… id")]
+ModelName = Annotated[ModelReference, Path()]
 
 router = APIRouter()
 log = logging.getLogger("loraflow.server")
@@ -49,17 +56,17 @@ def list_files() -> Any:
     return Files.list()
 
 
-@router.get("/v1/files/{file_id}")
+@router.get("/v1/files/{file_id}", responses=NOT_FOUND)
 def get_file(file_id: FileId) -> Any:
     return Files.get(file_id)
 
 
-@router.get("/v1/files/{file_id}/content")
+@router.get("/v1/files/{file_id}/content", responses=NOT_FOUND)
 def file_content(file_id: FileId) -> Any:
     return Files.download(file_id)
 
 
-@router.delete("/v1/files/{file_id}")
+@router.delete("/v1/files/{file_id}", responses=NOT_FOUND)
 def delete_file(file_id: FileId) -> Any:
     return Files.delete(file_id)
 
@@ -76,7 +83,7 @@ class CreateFineTuneRequest(BaseModel):
     suffix: str | None = None
 
 
-@router.post("/v1/llm/fine-tunes")
+@router.post("/v1/llm/fine-tunes", responses=NOT_FOUND)
 def create_fine_tune(body: CreateFineTuneRequest) -> Any:
     _check_remote_base_model(body.model)
     return FineTune.create(
@@ -109,17 +116,17 @@ def list_fine_tunes() -> Any:
     return FineTune.list()
 
 
-@router.get("/v1/llm/fine-tunes/{job_id}")
+@router.get("/v1/llm/fine-tunes/{job_id}", responses=NOT_FOUND)
 def get_fine_tune(job_id: FineTuneId) -> Any:
     return FineTune.get(job_id)
 
 
-@router.put("/v1/llm/fine-tunes/{job_id}/cancel")
+@router.put("/v1/llm/fine-tunes/{job_id}/cancel", responses=NOT_FOUND)
 def cancel_fine_tune(job_id: FineTuneId) -> Any:
     return FineTune.cancel(job_id)
 
 
-@router.get("/v1/llm/fine-tunes/{job_id}/events")
+@router.get("/v1/llm/fine-tunes/{job_id}/events", responses=NOT_FOUND)
 def fine_tune_events(job_id: FineTuneId) -> Any:
     return FineTune.get_events(job_id)
 
@@ -129,11 +136,11 @@ def fine_tune_events(job_id: FineTuneId) -> Any:
 
 class CreateEndpointRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str
-    model_name: str
+    name: ModelReference
+    model_name: ModelReference
 
 
-@router.post("/v1/llm/model-endpoints")
+@router.post("/v1/llm/model-endpoints", responses=NOT_FOUND)
 def create_endpoint(body: CreateEndpointRequest) -> Any:
     """Every registered model is served already: an endpoint is its name, nothing to build."""
     served = Model.get(body.model_name)
@@ -145,8 +152,8 @@ def create_endpoint(body: CreateEndpointRequest) -> Any:
     return {"endpoint_creation_task_id": f"served-{served.name}"}
 
 
-@router.put("/v1/llm/model-endpoints/{name}")
-def update_endpoint(name: str) -> Any:
+@router.put("/v1/llm/model-endpoints/{name}", responses=NOT_FOUND)
+def update_endpoint(name: ModelName) -> Any:
     Model.get(name)
     raise InvalidRequestError(
         "loraflow's engine serves every model in process; there are no endpoint settings to "
@@ -160,22 +167,22 @@ def list_endpoints() -> Any:
 
 
 class DownloadRequest(BaseModel):
-    model_name: str
-    download_format: str = "hugging_face"
+    model_name: ModelReference
+    download_format: Literal["hugging_face"] = "hugging_face"
 
 
-@router.post("/v1/llm/model-endpoints/download")
+@router.post("/v1/llm/model-endpoints/download", responses=NOT_FOUND)
 def download_model(body: DownloadRequest) -> Any:
     return Model.download(body.model_name, body.download_format)
 
 
-@router.get("/v1/llm/model-endpoints/{name}")
-def get_endpoint(name: str) -> Any:
+@router.get("/v1/llm/model-endpoints/{name}", responses=NOT_FOUND)
+def get_endpoint(name: ModelName) -> Any:
     return Model.get(name)
 
 
-@router.delete("/v1/llm/model-endpoints/{name}")
-def delete_endpoint(name: str) -> Any:
+@router.delete("/v1/llm/model-endpoints/{name}", responses=NOT_FOUND)
+def delete_endpoint(name: ModelName) -> Any:
     return Model.delete(name)
 
 
@@ -186,14 +193,14 @@ class CompletionRequest(BaseModel):
     """LLM Engine's CompletionSyncV1Request / CompletionStreamV1Request."""
 
     prompt: str
-    max_new_tokens: int
+    max_new_tokens: int = Field(ge=1)
     temperature: float = Field(ge=0, le=1)
     stop_sequences: list[str] | None = None
     return_token_log_probs: bool | None = False
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
+    top_k: int | None = Field(None, ge=-1, description="-1 or null: off; else at least 1")
+    top_p: float | None = Field(None, gt=0, le=1)
     include_stop_str_in_output: bool | None = None
     guided_json: dict[str, Any] | None = None
     guided_regex: str | None = None
@@ -233,13 +240,17 @@ class CompletionRequest(BaseModel):
         )
 
 
-@router.post("/v1/llm/completions-sync")
-def completions_sync(body: CompletionRequest, model_endpoint_name: str = Query(...)) -> Any:
+@router.post("/v1/llm/completions-sync", responses=NOT_FOUND)
+def completions_sync(
+    body: CompletionRequest, model_endpoint_name: Annotated[ModelReference, Query()]
+) -> Any:
     return completion.complete(model_endpoint_name, body.prompt, None, body.params())
 
 
-@router.post("/v1/llm/completions-stream")
-async def completions_stream(body: CompletionRequest, model_endpoint_name: str = Query(...)) -> Any:
+@router.post("/v1/llm/completions-stream", responses=NOT_FOUND)
+async def completions_stream(
+    body: CompletionRequest, model_endpoint_name: Annotated[ModelReference, Query()]
+) -> Any:
     params = body.params()
     # resolving the model and checking the prompt happen before the stream starts, so
     # their errors are plain 4xx responses
@@ -274,39 +285,33 @@ async def _sse(chunks: Any) -> Any:
 # ---- batch completions -------------------------------------------------------------------
 
 
-class BatchContent(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    prompts: list[str]
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    stop_sequences: list[str] | None = None
-    return_token_log_probs: bool | None = False
-    top_k: int | None = None
-    top_p: float | None = None
-
-
 class BatchModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: str
+    model: ModelReference
     seed: Seed | None = None
 
 
 class BatchRequest(BaseModel):
+    """LLM Engine's batch request; prompts come from a file (``input_data_path``) only."""
+
     model_config = ConfigDict(extra="allow")
-    input_data_path: str | None = None
+    input_data_path: str = Field(min_length=1, description="the prompts file: file-…, s3://…")
     output_data_path: str | None = None
-    content: BatchContent | list[Any] | None = None
     model_config_: BatchModelConfig = Field(alias="model_config")
+    content: None = Field(None, description="not supported: send input_data_path")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _from_a_file(cls, value: Any) -> Any:
+        if value is not None:
+            raise ValueError(
+                "inline prompts are not supported; write them to a CSV/JSONL file and send "
+                "input_data_path"
+            )
+        return value
 
 
 def _start_batch(body: BatchRequest) -> str:
-    if isinstance(body.content, BatchContent):
-        raise InvalidRequestError(
-            "content: inline prompts are not supported; write them to a CSV/JSONL file and "
-            "send input_data_path"
-        )
-    if not body.input_data_path:
-        raise InvalidRequestError("input_data_path: name the prompts file (file-…, s3://…)")
     return Completion.batch_create(
         body.model_config_.model,
         body.input_data_path,
@@ -315,7 +320,7 @@ def _start_batch(body: BatchRequest) -> str:
     ).job_id
 
 
-@router.post("/v1/llm/batch-completions")
+@router.post("/v1/llm/batch-completions", responses=NOT_FOUND)
 def batch_v1(body: BatchRequest) -> Any:
     return {"job_id": _start_batch(body)}
 
@@ -346,16 +351,16 @@ def _job(job_id: str) -> dict[str, Any]:
     }
 
 
-@router.post("/v2/batch-completions")
+@router.post("/v2/batch-completions", responses=NOT_FOUND)
 def batch_v2(body: BatchRequest) -> Any:
     return _job(_start_batch(body))
 
 
-@router.get("/v2/batch-completions/{job_id}")
+@router.get("/v2/batch-completions/{job_id}", responses=NOT_FOUND)
 def get_batch(job_id: BatchId) -> Any:
     return {"job": _job(job_id)}
 
 
-@router.post("/v2/batch-completions/{job_id}/actions/cancel")
+@router.post("/v2/batch-completions/{job_id}/actions/cancel", responses=NOT_FOUND)
 def cancel_batch(job_id: BatchId) -> Any:
     return Completion.cancel_batch_completion(job_id)

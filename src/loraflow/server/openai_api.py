@@ -11,9 +11,9 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -22,8 +22,8 @@ from loraflow import completion
 from loraflow.aio import iterate_in_thread
 from loraflow.errors import InvalidRequestError
 from loraflow.sdk import Model
-from loraflow.server.errors import message_of
-from loraflow.types import Seed
+from loraflow.server.errors import NOT_FOUND, message_of
+from loraflow.types import ModelReference, Seed
 
 router = APIRouter()
 log = logging.getLogger("loraflow.server")
@@ -31,9 +31,9 @@ log = logging.getLogger("loraflow.server")
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    model: str
+    model: ModelReference
     temperature: float = Field(1.0, ge=0, le=1)
-    top_p: float | None = None
+    top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=64)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -52,14 +52,14 @@ class _Common(BaseModel):
 
 
 class CompletionBody(_Common):
-    prompt: str | list[str]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
+    prompt: str | Annotated[list[str], Field(min_length=1)]
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0)
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]] | None = None
 
     def turn(self) -> dict[str, Any]:
@@ -70,9 +70,9 @@ class ChatMessage(BaseModel):
 
 
 class ChatBody(_Common):
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     stream_options: dict[str, Any] | None = None
 
@@ -102,7 +102,7 @@ def _calls(body: CompletionBody | ChatBody) -> completion.Call:
     return completion.Call(body.model, [(p, None) for p in prompts], params, body.n)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=NOT_FOUND)
 async def completions(body: CompletionBody) -> Any:
     call = await run_in_threadpool(_calls, body)
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -129,7 +129,7 @@ async def completions(body: CompletionBody) -> Any:
     return head | {"choices": choices, "usage": _usage_of(call, outputs)}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=NOT_FOUND)
 async def chat_completions(body: ChatBody) -> Any:
     call = await run_in_threadpool(_calls, body)
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -244,8 +244,8 @@ def list_models() -> Any:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/{model:path}")
-def get_model(model: str) -> Any:
+@router.get("/v1/models/{model:path}", responses=NOT_FOUND)
+def get_model(model: Annotated[ModelReference, Path()]) -> Any:
     return _card(Model.get(model))
 
 
