@@ -204,13 +204,21 @@ def test_a_nul_byte_is_reported_at_its_line(tmp_path: Path) -> None:
     assert issue["line"] == 3 and "NUL" in issue["message"]
 
 
-def test_a_huge_single_line_is_reported_in_a_few_bytes(tmp_path: Path) -> None:
-    import json as json_
-
-    line = '{"prompt": "' + "x" * 5_000_000 + '", "response": oops}\n'
-    report = validate(write(tmp_path, "huge.jsonl", line)).report
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("huge.jsonl", '{"prompt": "' + "x" * 5_000_000 + '", "response": oops}\n'),
+        ("header.csv", "x" * 5_000_000),  # a header of one huge column, no newline
+        ("fields.csv", "prompt,response\n" + "x," * 2_000_000),
+    ],
+)
+def test_a_huge_single_line_is_reported_in_a_few_bytes(
+    tmp_path: Path, name: str, line: str
+) -> None:
+    report = validate(write(tmp_path, name, line)).report
     assert not report.valid
-    assert len(json_.dumps(report.issues)) < 2_000
+    whole = {"summary": report.summary().model_dump(), "issues": report.issues}
+    assert len(json.dumps(whole)) < 2_000
 
 
 def test_non_utf8_jsonl(tmp_path: Path) -> None:

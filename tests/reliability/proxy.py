@@ -1,12 +1,14 @@
 """A TCP proxy in front of the moto server that can cut storage off: connections in flight
-are dropped and new ones closed at once until it is restored. It counts the bytes sent
-upstream, so a test can tell a resumed upload from a restarted one."""
+are dropped and new ones closed at once until it is restored. It counts the bytes sent each
+way, so a test can tell a resumed transfer from a restarted one, and can arm an outage that
+starts by itself: after N bytes one way, or when a request names a marker."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 
 class CuttableProxy:
@@ -15,6 +17,10 @@ class CuttableProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.sent_upstream = 0
+        self.sent_downstream = 0
+        self.outages = 0
+        self._trip: Callable[[bytes, bool], bool] | None = None
+        self._outage = 0.0
         self._down = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -36,6 +42,36 @@ class CuttableProxy:
 
     def restore(self) -> None:
         self._down.clear()
+
+    def cut_after(self, n_bytes: int, outage: float, downstream: bool = True) -> None:
+        """Once ``n_bytes`` more have gone that way, cut storage off for ``outage`` s."""
+        start = self.sent_downstream if downstream else self.sent_upstream
+
+        def trip(chunk: bytes, upstream: bool) -> bool:
+            now = self.sent_upstream if upstream else self.sent_downstream
+            return upstream != downstream and now - start >= n_bytes
+
+        self._arm(trip, outage)
+
+    def cut_on(self, marker: bytes, outage: float) -> None:
+        """When a request's bytes hold ``marker`` (a key, say), cut storage off for ``outage`` s."""
+        self._arm(lambda chunk, upstream: upstream and marker in chunk, outage)
+
+    def _arm(self, trip: Callable[[bytes, bool], bool], outage: float) -> None:
+        with self._lock:
+            self._trip, self._outage = trip, outage
+
+    def _tripped(self, chunk: bytes, upstream: bool) -> None:
+        with self._lock:
+            trip = self._trip
+            if trip is None or not trip(chunk, upstream):
+                return
+            self._trip = None
+            self.outages += 1
+        self.cut()
+        timer = threading.Timer(self._outage, self.restore)
+        timer.daemon = True
+        timer.start()
 
     def close(self) -> None:
         self.cut()
@@ -64,9 +100,12 @@ class CuttableProxy:
         try:
             while chunk := source.recv(1 << 16):
                 sink.sendall(chunk)
-                if upstream:
-                    with self._lock:
+                with self._lock:
+                    if upstream:
                         self.sent_upstream += len(chunk)
+                    else:
+                        self.sent_downstream += len(chunk)
+                self._tripped(chunk, upstream)
         except OSError:
             pass
         finally:

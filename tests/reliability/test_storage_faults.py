@@ -1,5 +1,6 @@
-"""Storage faults leave nothing behind: what a failed upload left is swept at the next start,
-and the bucket gets a rule that drops unfinished multipart uploads by itself."""
+"""Storage faults leave nothing behind and short outages fail nothing: uploads, downloads and
+checkpoint writes ride out an outage and resume; what a failed upload left is swept at the
+next start, and the bucket gets a rule that drops unfinished multipart uploads by itself."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
-from loraflow.errors import StorageError
+from loraflow.errors import NotFoundError, StorageError
 from loraflow.files import FileRepository, housekeeping
 from loraflow.storage import get_store
 from loraflow.storage.s3 import CLEANUP_RULE
+from loraflow.training.checkpoints import CheckpointStore
+from loraflow.training.loop import Trainer
 from tests.helpers import csv_rows, write
 from tests.reliability.proxy import CuttableProxy
+from tests.training.conftest import RecordingReporter, tiny_plan  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.reliability
 
@@ -163,3 +168,63 @@ def test_a_long_outage_fails_in_one_line_and_leaves_nothing_after_the_sweep(
     FileRepository.from_settings().sweep(older_than=timedelta(0))
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     assert not list(get_store().list("files/"))
+
+
+def put_directly(moto_endpoint: str, bucket: str, key: str, data: bytes) -> None:
+    boto3.client("s3", endpoint_url=moto_endpoint).put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def test_a_download_cut_mid_stream_resumes_where_it_was_cut(
+    cuttable_s3: CuttableProxy, s3_bucket: str, moto_endpoint: str, tmp_path: Path
+) -> None:
+    data = os.urandom(24 * 2**20)
+    put_directly(moto_endpoint, s3_bucket, "datasets/big/blob.bin", data)
+    cuttable_s3.cut_after(8 * 2**20, outage=2)  # a third of the way down, for 2 s
+    dest = get_store().download("big/blob.bin", tmp_path / "blob.bin")
+    assert cuttable_s3.outages == 1
+    assert dest.read_bytes() == data
+    assert cuttable_s3.sent_downstream < 1.4 * len(data)  # the rest, not all of it again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin"]
+
+
+def test_a_download_cut_past_the_window_fails_in_one_line_and_leaves_no_file(
+    cuttable_s3: CuttableProxy,
+    s3_bucket: str,
+    moto_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loraflow import settings as settings_module
+
+    monkeypatch.setenv("LORAFLOW_S3_RETRY_WINDOW", "2")
+    settings_module.reset()
+    put_directly(moto_endpoint, s3_bucket, "datasets/big/blob.bin", os.urandom(12 * 2**20))
+    cuttable_s3.cut_after(4 * 2**20, outage=60)
+    with pytest.raises(StorageError) as caught:
+        get_store().download("big/blob.bin", tmp_path / "out" / "blob.bin")
+    cuttable_s3.restore()
+    assert "\n" not in str(caught.value) and "reading" in str(caught.value)
+    assert not any((tmp_path / "out").iterdir())  # no partial file left behind
+    with pytest.raises(NotFoundError):  # a missing object is not an outage: no retrying
+        get_store().get_bytes("big/none.bin")
+
+
+def test_a_checkpoint_write_rides_out_an_outage(
+    cuttable_s3: CuttableProxy,
+    s3_bucket: str,
+    moto_endpoint: str,
+    tiny_plan: Any,  # noqa: F811
+) -> None:
+    plan = tiny_plan(save_every=5)
+    plan.checkpoints = CheckpointStore(get_store(), "fine-tunes/ft-outage/checkpoints")
+    cuttable_s3.cut_on(b"/step-000010/", outage=3)  # storage goes as the 2nd checkpoint is sent
+    result = Trainer(plan, RecordingReporter()).run()
+    assert cuttable_s3.outages == 1
+    latest = plan.checkpoints.latest()
+    assert latest is not None and latest.step == result.steps
+    names = sorted(latest.files)
+    for step in range(5, result.steps, 5):  # every checkpoint is whole and readable
+        for name in names:
+            assert get_store().get_bytes(f"{plan.checkpoints.prefix}/step-{step:06d}/{name}")
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")

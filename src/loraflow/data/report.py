@@ -79,7 +79,7 @@ class ValidationReport:
             {
                 "severity": severity,
                 "line": line,
-                "column": column,
+                "column": preview(column),  # a header can be a whole huge line
                 "check": check,
                 "message": preview(message, MESSAGE_CHARS),  # a parser may quote a huge line
                 "value": preview(value),
@@ -116,7 +116,7 @@ class ValidationReport:
             errors=len(errors),
             warnings=len(self.issues) - len(errors),
             counts=self.counts(),
-            columns=self.columns,
+            columns=[preview(c) or "" for c in self.columns],
         )
 
     def describe(self, limit: int = 10) -> str:

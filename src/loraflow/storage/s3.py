@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -177,7 +178,8 @@ class S3Store(ObjectStore):
     def _retrying(self, what: str, key: str, call: Callable[[], Any]) -> Any:
         """``call()``, retried with backoff (0.5 s doubling to 8 s) while storage is
         unreachable or answers 5xx, for ``retry_window`` seconds; then a one-line
-        StorageError. Other errors (denied, no such bucket) fail at once."""
+        StorageError. A missing object is a NotFoundError; other errors (denied, no such
+        bucket) fail at once."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         deadline = time.monotonic() + self.retry_window
@@ -186,6 +188,8 @@ class S3Store(ObjectStore):
             try:
                 return call()
             except ClientError as exc:
+                if exc.response["Error"]["Code"] in _MISSING:
+                    raise NotFoundError(f"no object {key!r} in {self.uri}") from None
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 transient = status >= 500 or exc.response["Error"]["Code"] in _TRANSIENT
                 failure: Exception = exc
@@ -281,8 +285,10 @@ class S3Store(ObjectStore):
         return True
 
     def open(self, key: str) -> BinaryIO:
-        with self._calls("reading", key):
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        """The object's bytes as a stream that rides out an outage: the GET is retried like
+        every call, and a read cut off mid-stream asks again for the rest (a Range request
+        pinned to the object's ETag), so a large download resumes where it was cut."""
+        return _ResumingBody(self, key)  # type: ignore[return-value]
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -317,3 +323,66 @@ class S3Store(ObjectStore):
             Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=expires_in,
         )
+
+
+class _ResumingBody(io.RawIOBase):
+    """An object's bytes read through dropped connections (see ``S3Store.open``)."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        super().__init__()
+        self.store, self.key = store, key
+        self.offset = 0
+        answer = self._get()
+        self.size: int = answer["ContentLength"]
+        self.etag: str = answer["ETag"]
+
+    def _get(self) -> Any:
+        params = {"Bucket": self.store.bucket, "Key": self.store._key(self.key)}
+        if self.offset:
+            params |= {"Range": f"bytes={self.offset}-", "IfMatch": self.etag}
+        answer = self.store._retrying(
+            "reading", self.key, lambda: self.store.client.get_object(**params)
+        )
+        self.body = answer["Body"]
+        return answer
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        from botocore.exceptions import BotoCoreError
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        view = memoryview(buffer).cast("B")
+        progress_at = time.monotonic()
+        while True:
+            try:
+                data = self.body.read(len(view)) if self.offset < self.size else b""
+            except (BotoCoreError, Urllib3Error, OSError) as exc:
+                problem: Exception = exc
+            else:
+                if data or self.offset >= self.size:
+                    view[: len(data)] = data
+                    self.offset += len(data)
+                    return len(data)
+                problem = ConnectionError(f"the stream ended at byte {self.offset:,}")
+            if time.monotonic() - progress_at > self.store.retry_window:
+                raise self.store._error("reading", self.key, problem)
+            log.warning(
+                "reading %s%s cut at byte %s of %s (%s); asking for the rest",
+                self.store.uri, self.key, f"{self.offset:,}", f"{self.size:,}", problem,
+            )  # fmt: skip
+            self.body.close()
+            self._get()
+
+    def readall(self) -> bytes:
+        out = bytearray()
+        buffer = bytearray(min(max(self.size - self.offset, 1), 8 * 2**20))
+        while n := self.readinto(buffer):
+            out += buffer[:n]
+        return bytes(out)
+
+    def close(self) -> None:
+        if not self.closed and hasattr(self, "body"):
+            self.body.close()
+        super().close()
