@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypedDict
 from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
 
 __all__ = [
+    "JSON_INTEGER",
     "BatchCompletionsJob",
     "BatchStatus",
     "CancelBatchCompletionResponse",
@@ -52,9 +53,29 @@ __all__ = [
 ]
 
 
+class _JsonInteger:
+    """Annotation of an int taken as JSON Schema means it: 3 or 3.0, never "3" or true, even
+    inside a strict model. It goes after the field's constraints, which the schema keeps:
+    ``Annotated[int, Field(ge=1), JSON_INTEGER]``."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        schema = handler(source)
+        schema["strict"] = False  # 3.0 is 3
+        return core_schema.no_info_before_validator_function(_no_bool_or_str, schema)
+
+
+def _no_bool_or_str(value: Any) -> Any:
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number without a fraction, not a string or a boolean")
+    return value
+
+
+JSON_INTEGER = _JsonInteger()
 # A sampling seed: an integer every JSON client sends exactly (I-JSON's ±(2**53 - 1)), well
 # inside what torch's generators take (loraflow adds the generation's index to it).
-Seed = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)]
+Seed = Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1), JSON_INTEGER]
 # A training or split seed: accelerate's set_seed seeds numpy, which takes 0 to 2**32 - 1.
 DataSeed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 

@@ -250,6 +250,7 @@ def test_cancel_checkpoints_and_ends_cancelled(
     assert FineTune.cancel(job.id).success is False  # already ended
 
 
+@pytest.mark.reliability  # SIGKILL under a worker; its in-process twin is in tests/reliability
 def test_killed_run_resumes_from_its_checkpoint(
     runner: subprocess.Popen, training_file: str
 ) -> None:

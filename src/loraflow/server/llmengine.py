@@ -26,6 +26,7 @@ from loraflow.sdk import Completion, FineTune, Model
 from loraflow.sdk import File as Files
 from loraflow.server.errors import NOT_FOUND, message_of, status_of
 from loraflow.types import (
+    JSON_INTEGER,
     CompletionStreamResponse,
     ModelReference,
     Seed,
@@ -74,7 +75,14 @@ def delete_file(file_id: FileId) -> Any:
 # ---- fine-tunes --------------------------------------------------------------------------
 
 
+# Request bodies are strict: JSON's types as the schema says (no true for a number, no
+# "1" for a bool), so what the schema refuses the server refuses.
+STRICT = ConfigDict(strict=True)
+STRICT_OPEN = ConfigDict(strict=True, extra="allow")
+
+
 class CreateFineTuneRequest(BaseModel):
+    model_config = STRICT
     model: str
     training_file: str
     validation_file: str | None = None
@@ -135,7 +143,7 @@ def fine_tune_events(job_id: FineTuneId) -> Any:
 
 
 class CreateEndpointRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_OPEN
     name: ModelReference
     model_name: ModelReference
 
@@ -167,6 +175,7 @@ def list_endpoints() -> Any:
 
 
 class DownloadRequest(BaseModel):
+    model_config = STRICT
     model_name: ModelReference
     download_format: Literal["hugging_face"] = "hugging_face"
 
@@ -192,14 +201,18 @@ def delete_endpoint(name: ModelName) -> Any:
 class CompletionRequest(BaseModel):
     """LLM Engine's CompletionSyncV1Request / CompletionStreamV1Request."""
 
+    model_config = STRICT
+
     prompt: str
-    max_new_tokens: int = Field(ge=1)
+    max_new_tokens: Annotated[int, Field(ge=1), JSON_INTEGER]
     temperature: float = Field(ge=0, le=1)
     stop_sequences: list[str] | None = None
     return_token_log_probs: bool | None = False
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    top_k: int | None = Field(None, ge=-1, description="-1 or null: off; else at least 1")
+    top_k: Annotated[int, Field(ge=-1), JSON_INTEGER] | None = Field(
+        None, description="-1 or null: off; else at least 1"
+    )
     top_p: float | None = Field(None, gt=0, le=1)
     include_stop_str_in_output: bool | None = None
     guided_json: dict[str, Any] | None = None
@@ -286,7 +299,7 @@ async def _sse(chunks: Any) -> Any:
 
 
 class BatchModelConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_OPEN
     model: ModelReference
     seed: Seed | None = None
 
@@ -294,7 +307,7 @@ class BatchModelConfig(BaseModel):
 class BatchRequest(BaseModel):
     """LLM Engine's batch request; prompts come from a file (``input_data_path``) only."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT_OPEN
     input_data_path: str = Field(min_length=1, description="the prompts file: file-…, s3://…")
     output_data_path: str | None = None
     model_config_: BatchModelConfig = Field(alias="model_config")

@@ -23,18 +23,18 @@ from loraflow.aio import iterate_in_thread
 from loraflow.errors import InvalidRequestError
 from loraflow.sdk import Model
 from loraflow.server.errors import NOT_FOUND, message_of
-from loraflow.types import ModelReference, Seed
+from loraflow.types import JSON_INTEGER, ModelReference, Seed
 
 router = APIRouter()
 log = logging.getLogger("loraflow.server")
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # JSON's types as the schema says
     model: ModelReference
     temperature: float = Field(1.0, ge=0, le=1)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=64)
+    n: Annotated[int, Field(ge=1, le=64), JSON_INTEGER] = 1
     stop: str | list[str] | None = None
     stream: bool = False
     seed: Seed | None = None
@@ -53,12 +53,12 @@ class _Common(BaseModel):
 
 class CompletionBody(_Common):
     prompt: str | Annotated[list[str], Field(min_length=1)]
-    max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = Field(None, ge=0)
+    max_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = 16
+    logprobs: Annotated[int, Field(ge=0), JSON_INTEGER] | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -71,8 +71,8 @@ class ChatMessage(BaseModel):
 
 class ChatBody(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
     logprobs: bool | None = False
     stream_options: dict[str, Any] | None = None
 
