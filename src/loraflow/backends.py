@@ -5,12 +5,14 @@ asks ``resolve(reference)`` for the backend serving a model and the adapter to a
 only encodes, checks and submits through the ``CompletionBackend`` protocol. Settings choose
 the backend (``serving.backend``); the in-process engine is the first member.
 
-Adding a backend is one module with a ``resolve_served(reference)`` returning an object that
-meets ``CompletionBackend``, and one line in ``BACKENDS``.
+Adding a backend is one module with ``resolve_served(reference)`` returning an object that
+meets ``CompletionBackend`` (and ``unload(name)``, dropping a deleted fine-tune), and one line
+in ``BACKENDS``. Members: ``engine`` (in process) and ``vllm`` (a vLLM server per base model).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from importlib import import_module
 from typing import Any, Protocol
@@ -18,8 +20,8 @@ from typing import Any, Protocol
 from loraflow.errors import ConfigError
 from loraflow.settings import get_settings
 
-# backend name -> "module:function" resolving a model reference to (backend, adapter)
-BACKENDS = {"engine": "loraflow.engine.engine:resolve_served"}
+# backend name -> its module: resolve_served(reference) -> (backend, adapter), unload(name)
+BACKENDS = {"engine": "loraflow.engine.engine", "vllm": "loraflow.vllm"}
 
 
 class CompletionBackend(Protocol):
@@ -40,14 +42,59 @@ class CompletionBackend(Protocol):
         ...
 
 
+def _module(name: str | None = None) -> Any:
+    name = name or get_settings().serving.backend
+    if name not in BACKENDS:
+        raise ConfigError(f"serving.backend: {name!r} is not one of {', '.join(BACKENDS)}")
+    return import_module(BACKENDS[name])
+
+
 def resolve(reference: str) -> tuple[CompletionBackend, str | None]:
     """The backend serving model ``reference`` (base, fine-tune, alias, version) and the
     adapter to apply (None: the bare base). NotFoundError for an unknown model."""
-    name = get_settings().serving.backend
-    if name not in BACKENDS:
-        raise ConfigError(f"serving.backend: {name!r} is not one of {', '.join(BACKENDS)}")
-    module, _, function = BACKENDS[name].partition(":")
-    resolved: tuple[CompletionBackend, str | None] = getattr(import_module(module), function)(
-        reference
-    )
+    resolved: tuple[CompletionBackend, str | None] = _module().resolve_served(reference)
     return resolved
+
+
+def preload(reference: str) -> None:
+    """Make ``reference`` ready to serve now (its base loaded or started, its adapter loaded),
+    so its first request does not wait."""
+    resolve(reference)
+
+
+def start() -> None:
+    """At a server's start: fail early, naming the setting, when the backend cannot serve (no
+    vLLM to start, a vLLM URL that does not answer), and load what serving.preload names."""
+    module = _module()
+    if hasattr(module, "check_setup"):
+        module.check_setup()
+    for reference in get_settings().serving.preload:
+        preload(reference)
+
+
+def warm(reference: str) -> None:
+    """Load ``reference`` where it is served for every process (a shared vLLM server) so its
+    first request there does not wait; a no-op for the in-process engine."""
+    module = _module()
+    if hasattr(module, "warm"):
+        module.warm(reference)
+
+
+def problems() -> list[str]:
+    """What keeps the backend from serving now (``/readyz``); empty when it can."""
+    module: Any = sys.modules.get(BACKENDS.get(get_settings().serving.backend, ""))
+    found: list[str] = module.problems() if hasattr(module, "problems") else []
+    return found
+
+
+def unload(name: str) -> None:
+    """Drop a deleted fine-tune from every backend of this process that may hold it."""
+    for module_name in BACKENDS.values():
+        module = sys.modules.get(module_name)  # a backend never imported holds nothing
+        if module is not None:
+            module.unload(name)
+
+
+def framework() -> str:
+    """What generates completions, as LLM Engine's ``inference_framework`` names it."""
+    return "vllm" if get_settings().serving.backend == "vllm" else "text_generation_inference"

@@ -119,4 +119,7 @@ def apply(decision: Decision) -> None:
         },
     )
     if decision.promoted:
+        from loraflow import backends
+
+        backends.warm(record.fine_tuned_model)  # served before the alias points at it
         registry.set_alias(record, decision.alias)

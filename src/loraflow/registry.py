@@ -17,11 +17,12 @@ import json
 import re
 from contextlib import suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
-from loraflow.errors import InvalidRequestError, NotFoundError, shorten
+from loraflow.errors import InvalidRequestError, NotFoundError, UnavailableError, shorten
 from loraflow.storage import get_store
 from loraflow.types import MODEL_NAME, Provenance
 
@@ -207,6 +208,46 @@ def resolve(reference: str) -> str:
     except MlflowException:
         raise NotFoundError(f"The specified model could not be found: {reference}") from None
     return version.tags[TAG_MODEL]
+
+
+def served_by(reference: str) -> tuple[str, ModelRecord | None]:
+    """The base model that serves a model reference (a base of the zoo, a fine-tune's name,
+    ``family@alias``, ``family/version``) and the fine-tune's record (None for a base model).
+    Raises NotFoundError for an unknown model."""
+    from loraflow.models import load_zoo
+
+    if reference in load_zoo():
+        return reference, None
+    name = resolve(reference)
+    try:
+        record = read_record(name)
+    except NotFoundError:
+        raise NotFoundError(
+            f"model: {reference!r} is neither a base model ({', '.join(load_zoo())}) nor a "
+            "fine-tuned model; Model.list() shows what is served"
+        ) from None
+    return record.base_model, record
+
+
+def check_base_revision(record: ModelRecord, served: str) -> None:
+    """Refuse to serve a fine-tune on another revision of its base than it was trained on."""
+    if served != record.base_revision:
+        raise UnavailableError(
+            f"{record.fine_tuned_model} was trained on {record.base_model} revision "
+            f"{record.base_revision}, but this process serves revision {served}"
+        )
+
+
+def fetch_adapter(record: ModelRecord) -> Path:
+    """A local copy of a fine-tune's adapter directory (peft's files), from the store into
+    ``<home>/cache/adapters/<name>``; what a server loads."""
+    from loraflow.settings import get_settings
+
+    store = get_store()
+    target = get_settings().home / "cache" / "adapters" / record.fine_tuned_model
+    for info in store.list(record.adapter_prefix + "/"):
+        store.download(info.key, target / info.key.rsplit("/", 1)[1])
+    return target
 
 
 def registered_version(record: ModelRecord) -> Any:

@@ -77,8 +77,48 @@ class ServingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["engine"] = Field(
-        "engine", description="engine: loraflow's in-process engine (transformers + peft)."
+    backend: Literal["engine", "vllm"] = Field(
+        "engine",
+        description="engine: loraflow's in-process engine (transformers + peft); vllm: a vLLM "
+        "OpenAI server per base model, started by loraflow or at vllm_url.",
+    )
+    vllm_url: str | None = Field(
+        None,
+        description="A vLLM server that already runs (e.g. on Kubernetes), serving the base "
+        "model under its zoo name with --enable-lora; unset: loraflow starts one per base model.",
+    )
+    vllm_python: Path | None = Field(
+        None,
+        description="A Python with vLLM installed, to start servers with. Default: "
+        ".venv-vllm (make setup-vllm), else the Python beside a `vllm` on PATH.",
+    )
+    vllm_args: list[str] = Field(
+        [], description="Extra arguments for the vLLM servers loraflow starts."
+    )
+    vllm_dtype: str = Field("auto", description="--dtype of the vLLM servers loraflow starts.")
+    vllm_kv_cache_gb: float = Field(
+        4, gt=0, description="KV cache of a vLLM server on CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    vllm_max_loras: int = Field(
+        4, ge=1, description="Adapters one vLLM batch can mix (--max-loras)."
+    )
+    vllm_max_adapters: int = Field(
+        8,
+        ge=1,
+        description="Adapters kept loaded in a vLLM server; beyond it the least recently used "
+        "is unloaded.",
+    )
+    vllm_max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank vLLM accepts.")
+    vllm_start_timeout: float = Field(
+        600, gt=0, description="Seconds a vLLM server may take to load its model."
+    )
+    vllm_adapter_dir: str | None = Field(
+        None,
+        description="Where a vLLM server at vllm_url sees loraflow's adapter cache "
+        "(<home>/cache/adapters, on a shared volume); unset: the same path.",
+    )
+    preload: list[str] = Field(
+        [], description="Base models `loraflow serve` loads (or starts vLLM for) at start."
     )
 
 

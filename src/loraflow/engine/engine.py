@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from loraflow.engine.generation import BASE_ADAPTER, Decoder, Request, TokenEvent, eos_ids
-from loraflow.errors import InvalidRequestError, NotFoundError, UnavailableError
+from loraflow.errors import NotFoundError
 from loraflow.models import model_revision, prepare, resolve_model
-from loraflow.models.zoo import load_zoo
-from loraflow.settings import get_settings
-from loraflow.storage import get_store
+from loraflow.models.prompts import Prompts
 
 
 class Engine:
@@ -40,7 +38,8 @@ class Engine:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.model = (model.to("cuda") if gpu else model).eval()  # type: ignore[arg-type]
         self.context = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.use_chat = spec.formats_chat(self.tokenizer)
+        self.prompts = Prompts(spec, self.tokenizer, self.context)
+        self.use_chat = self.prompts.use_chat
         self.adapters: dict[str, str] = {}  # model name -> peft adapter name
         self._lock = threading.Lock()
         self._lock_scheduler = threading.Lock()
@@ -81,41 +80,12 @@ class Engine:
         *,
         raw: bool = False,
     ) -> list[int]:
-        """Prompt token ids.
-
-        Chat models see a prompt as one user turn, formatted by their chat template exactly
-        as in training; ``raw`` sends the prompt text as it is. ``messages`` (system, user,
-        assistant turns) always go through the template.
-        """
-        if messages is not None:
-            if not self.use_chat:
-                raise InvalidRequestError(
-                    f"messages: {self.base} has no chat template; send a prompt instead"
-                )
-            return _ids(
-                self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=True
-                )
-            )
-        if prompt is None:
-            raise InvalidRequestError("prompt: send a prompt or messages")
-        if self.use_chat and not raw:
-            return self.encode(messages=[{"role": "user", "content": prompt}])
-        return list(self.tokenizer(prompt)["input_ids"])
+        """Prompt token ids (``loraflow.models.prompts.Prompts.encode``)."""
+        return self.prompts.encode(prompt, messages, raw=raw)
 
     def check(self, request: Request, field: str = "prompt") -> None:
         """Raise InvalidRequestError / NotFoundError if ``request`` cannot run here."""
-        size, budget = len(request.prompt_ids), request.sampling.max_new_tokens
-        if size >= self.context:
-            raise InvalidRequestError(
-                f"{field}: {size} tokens do not fit the context window of {self.context} "
-                f"tokens of {self.base}; shorten it"
-            )
-        if size + budget > self.context:
-            raise InvalidRequestError(
-                f"max_new_tokens: {budget} new tokens after a {size}-token prompt exceed the "
-                f"context window of {self.context}; ask for at most {self.context - size}"
-            )
+        self.prompts.check_fits(len(request.prompt_ids), request.sampling.max_new_tokens, field)
         if request.adapter is not None and request.adapter not in self.adapters:
             raise NotFoundError(f"adapter {request.adapter!r} is not loaded on {self.base}")
 
@@ -203,10 +173,6 @@ def _dtype(setting: str, bf16: bool) -> Any:
     return getattr(torch, setting)
 
 
-def _ids(value: Any) -> list[int]:
-    return list(value["input_ids"] if hasattr(value, "keys") else value)
-
-
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 
@@ -228,24 +194,14 @@ def resolve_served(reference: str) -> tuple[Engine, str | None]:
     """
     from loraflow import registry
 
-    if reference in load_zoo():
-        return get_engine(reference), None
-    name = registry.resolve(reference)
-    try:
-        record = registry.read_record(name)
-    except NotFoundError:
-        raise NotFoundError(
-            f"model: {reference!r} is neither a base model ({', '.join(load_zoo())}) nor a "
-            "fine-tuned model; Model.list() shows what is served"
-        ) from None
+    base, record = registry.served_by(reference)
+    if record is None:
+        return get_engine(base), None
+    name = record.fine_tuned_model
     engine = get_engine(record.base_model)
-    if engine.revision != record.base_revision:
-        raise UnavailableError(
-            f"{name} was trained on {record.base_model} revision {record.base_revision}, "
-            f"but this process serves revision {engine.revision}"
-        )
+    registry.check_base_revision(record, engine.revision)
     if name not in engine.adapters:
-        engine.add_adapter(name, _download_adapter(name, record.adapter_prefix))
+        engine.add_adapter(name, registry.fetch_adapter(record))
     return engine, name
 
 
@@ -253,11 +209,3 @@ def unload(name: str) -> None:
     """Detach a fine-tune from every engine of this process (after it is deleted)."""
     for engine in list(_ENGINES.values()):
         engine.remove_adapter(name)
-
-
-def _download_adapter(name: str, prefix: str) -> Path:
-    store = get_store()
-    target = get_settings().home / "cache" / "adapters" / name
-    for info in store.list(prefix + "/"):
-        store.download(info.key, target / info.key.rsplit("/", 1)[1])
-    return target

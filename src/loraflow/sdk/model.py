@@ -7,6 +7,7 @@ their registry version, aliases and metrics beyond LLM Engine's fields.
 from __future__ import annotations
 
 from loraflow import __version__, registry
+from loraflow.backends import framework
 from loraflow.errors import InvalidRequestError, NotFoundError
 from loraflow.models.zoo import load_zoo
 from loraflow.registry import (
@@ -31,6 +32,7 @@ def _base(name: str) -> GetLLMEndpointResponse:
         id=name,
         name=name,
         model_name=name,
+        inference_framework=framework(),
         inference_framework_tag=TAG,
         base_model=name,
         fine_tuned=False,
@@ -42,6 +44,7 @@ def _fine_tuned(record: ModelRecord, aliases: list[str] | None = None) -> GetLLM
         id=record.fine_tuned_model,
         name=record.fine_tuned_model,
         model_name=record.base_model,
+        inference_framework=framework(),
         inference_framework_tag=TAG,
         base_model=record.base_model,
         fine_tuned=True,
@@ -118,7 +121,7 @@ class Model:
         Base models cannot be deleted. Returns ``deleted=False`` for an unknown name. The
         fine-tune's MLflow run, with its metrics and lineage, stays.
         """
-        from loraflow.engine.engine import unload
+        from loraflow.backends import unload
 
         name = model_endpoint_name
         if name in load_zoo():

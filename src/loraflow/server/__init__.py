@@ -31,9 +31,11 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
     """Run the service until interrupted; prints a new API key once when none is configured."""
     import uvicorn
 
+    from loraflow import backends
     from loraflow.files import housekeeping
 
     housekeeping()  # what failed uploads left behind goes, before anything is served
+    backends.start()  # a backend that cannot serve fails here, naming its setting
     keys, new = api_keys_or_new()
     if new is not None:
         announce(

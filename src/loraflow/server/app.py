@@ -150,9 +150,13 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
 
     @app.get("/readyz")
     def readyz() -> dict[str, str]:
+        from loraflow import backends
+        from loraflow.errors import UnavailableError
         from loraflow.storage import get_store
 
         get_store().exists("readyz")  # the object store answers
+        if found := backends.problems():
+            raise UnavailableError("; ".join(found))
         return {"status": "ready"}
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -1,0 +1,77 @@
+"""Prompts as a base model sees them: the one place a prompt or a chat becomes token ids and
+is checked against the context window, whichever backend then generates (the in-process
+engine or vLLM), so a prompt is templated the same way everywhere, as in training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from loraflow.errors import InvalidRequestError
+from loraflow.models.zoo import ModelSpec
+
+
+class Prompts:
+    """Encodes prompts for one base model with its tokenizer and chat template."""
+
+    def __init__(self, spec: ModelSpec, tokenizer: Any, context: int) -> None:
+        self.base = spec.name
+        self.tokenizer = tokenizer
+        self.context = context
+        self.use_chat = spec.formats_chat(tokenizer)
+
+    @classmethod
+    def load(cls, spec: ModelSpec, path: Path) -> Prompts:
+        """From a prepared model directory: its tokenizer and context window, no weights."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(path)
+        context = int(getattr(config, "max_position_embeddings", 2048))
+        return cls(spec, AutoTokenizer.from_pretrained(path), context)
+
+    def encode(
+        self,
+        prompt: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        *,
+        raw: bool = False,
+    ) -> list[int]:
+        """Prompt token ids.
+
+        Chat models see a prompt as one user turn, formatted by their chat template exactly
+        as in training; ``raw`` sends the prompt text as it is. ``messages`` (system, user,
+        assistant turns) always go through the template.
+        """
+        if messages is not None:
+            if not self.use_chat:
+                raise InvalidRequestError(
+                    f"messages: {self.base} has no chat template; send a prompt instead"
+                )
+            return _ids(
+                self.tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=True
+                )
+            )
+        if prompt is None:
+            raise InvalidRequestError("prompt: send a prompt or messages")
+        if self.use_chat and not raw:
+            return self.encode(messages=[{"role": "user", "content": prompt}])
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def check_fits(self, size: int, budget: int, field: str = "prompt") -> None:
+        """Raise InvalidRequestError unless ``size`` prompt tokens and ``budget`` new ones fit
+        the context window."""
+        if size >= self.context:
+            raise InvalidRequestError(
+                f"{field}: {size} tokens do not fit the context window of {self.context} "
+                f"tokens of {self.base}; shorten it"
+            )
+        if size + budget > self.context:
+            raise InvalidRequestError(
+                f"max_new_tokens: {budget} new tokens after a {size}-token prompt exceed the "
+                f"context window of {self.context}; ask for at most {self.context - size}"
+            )
+
+
+def _ids(value: Any) -> list[int]:
+    return list(value["input_ids"] if hasattr(value, "keys") else value)
