@@ -175,6 +175,8 @@ class VllmServer:
         deadline = time.monotonic() + settings.vllm_start_timeout
         while not healthy(self.url, timeout=1):
             if self.proc.poll() is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # engine processes it left
                 raise UnavailableError(
                     f"vLLM could not serve {self.base} (exit code {self.proc.returncode}); "
                     f"the end of {self.log_path}:\n{_tail(self.log_path)}"
