@@ -123,7 +123,10 @@ def test_the_published_clients_cannot_tell_the_backends_apart(
                 model, PROMPT, max_new_tokens=12, temperature=0, stream=True
             )
             reply = openai.chat.completions.create(
-                model=model, messages=chat, max_tokens=12, temperature=0  # type: ignore[arg-type]
+                model=model,
+                messages=chat,
+                max_tokens=12,
+                temperature=0,  # type: ignore[arg-type]
             )
             deltas = openai.chat.completions.create(
                 model=model,
@@ -141,7 +144,9 @@ def test_the_published_clients_cannot_tell_the_backends_apart(
                 ),
                 "text": openai.completions.create(
                     model=model, prompt=PROMPT, max_tokens=12, temperature=0
-                ).choices[0].text,
+                )
+                .choices[0]
+                .text,
             }
         return out
 

@@ -1,0 +1,58 @@
+"""The real path: SmolLM2-135M and a fine-tuned adapter served by vLLM, answering as
+loraflow's engine does (greedy, float32 on both; the agreement rate is printed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from loraflow import Completion, File
+from loraflow.data.sources import resolve_source
+from tests.vllm.conftest import use_engine, use_vllm, vllm_env
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+BASE = "smollm2-135m-instruct"
+
+
+def test_smollm2_and_its_adapter_answer_alike_on_both_backends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.fine_tune import fine_tune
+    from loraflow import vllm
+    from loraflow.fine_tuning import FineTuneRequest
+
+    rows = resolve_source("builtin:customer_support.csv").read_text().splitlines()
+    path = tmp_path / "support.csv"
+    path.write_text("\n".join(rows[:25]) + "\n")
+    tuned = fine_tune(
+        FineTuneRequest(
+            model=BASE,
+            training_file=File.upload(path).id,
+            hyperparameters={"epochs": 1, "batch_size": 8, "lr": 0.002, "validation_fraction": 0},
+            suffix="vllm",
+        )
+    ).fine_tuned_model
+    prompts = [line.split(",")[0].strip('"') for line in rows[30:42]]
+
+    def answers() -> list[str]:
+        return [
+            g.generations[0]
+            for model in (BASE, tuned)
+            for g in Completion.generate(model, prompts, max_new_tokens=24, temperature=0)
+        ]
+
+    use_engine(monkeypatch)
+    engine = answers()
+    vllm_env(monkeypatch)  # loraflow starts SmolLM2's own vLLM server (float32, 1 GiB cache)
+    try:
+        on_vllm = answers()
+        assert vllm.get_backend(BASE).server.proc is not None  # loraflow's own server
+    finally:
+        vllm.shutdown()
+    use_vllm(monkeypatch)
+    same = sum(a == b for a, b in zip(engine, on_vllm, strict=True))
+    print(f"SmolLM2 greedy answers equal on both backends: {same}/{len(engine)}", file=sys.stderr)
+    assert on_vllm[len(prompts) :] != on_vllm[: len(prompts)]  # the adapter was applied
+    assert same >= len(engine) - 1  # float32 on both: at most one tie broken differently
