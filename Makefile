@@ -64,6 +64,7 @@ bench: setup ## benchmarks: each prints loraflow against its baseline and the ra
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/completion.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/load.py
 
 clean: ## remove the venv and caches (not ~/.loraflow)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

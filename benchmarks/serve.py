@@ -6,7 +6,12 @@ with 1 client and with 16, their ratio (goal >= 5x), time to first token p50/p99
 the server's overhead against the same load on the engine in this process, without HTTP
 (16 threads submitting to the engine's scheduler; goal <= 10 %).
 
+With ``--backend vllm`` the same load runs on both serving backends in one run, one server
+after the other: loraflow's engine, then vLLM (a server ``loraflow serve`` starts from
+.venv-vllm), and prints the ratio vLLM / engine.
+
     python benchmarks/serve.py [--model smollm2-135m-instruct] [--clients 16] [--rounds 2]
+                               [--backend engine|vllm]
 """
 
 from __future__ import annotations
@@ -35,10 +40,14 @@ def prompts(n: int) -> list[str]:
     return list(frame["prompt"][:n])
 
 
-def start_server(port: int, home: str) -> subprocess.Popen:
+def start_server(port: int, home: str, backend: str = "engine") -> subprocess.Popen:
     import httpx
 
-    env = os.environ | {"LORAFLOW_API_KEYS": KEY, "LORAFLOW_HOME": home}
+    env = os.environ | {
+        "LORAFLOW_API_KEYS": KEY,
+        "LORAFLOW_HOME": home,
+        "LORAFLOW_SERVING__BACKEND": backend,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "loraflow", "serve", "--port", str(port)],
         cwd=ROOT,
@@ -46,7 +55,7 @@ def start_server(port: int, home: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -137,31 +146,25 @@ def pct(values: list[float], q: int) -> float:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--port", type=int, default=5077)
-    args = parser.parse_args()
-
-    texts = prompts(args.clients * args.rounds)
+def serve_load(args: argparse.Namespace, texts: list[str], backend: str) -> tuple[dict, dict]:
+    """1 client, then ``args.clients``, against a fresh ``loraflow serve`` on ``backend``."""
     base = f"http://127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory() as home:
-        proc = start_server(args.port, home)
+        proc = start_server(args.port, home, backend)
         try:
-            stream_one(base, args.model, "warm up", 4)  # loads the model in the server
+            stream_one(base, args.model, "warm up", 4)  # loads the model (starts vLLM)
             one = load(base, args.model, texts, 1, args.rounds, args.tokens)
             many = load(base, args.model, texts, args.clients, args.rounds, args.tokens)
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
-        raw = raw_engine(args.model, texts, args.clients, args.rounds, args.tokens)
+            proc.wait(timeout=60)
+    return one, many
+
+
+def report(name: str, args: argparse.Namespace, one: dict, many: dict) -> float:
     rate_one = one["tokens"] / one["seconds"]
     rate_many = many["tokens"] / many["seconds"]
-    rate_raw = raw["tokens"] / raw["seconds"]
-    print(f"model {args.model}, greedy, {args.tokens} new tokens at most, streaming over HTTP")
+    print(f"[{name}]")
     print(f" 1 client : {one['tokens']} tokens in {one['seconds']:.1f} s = {rate_one:.1f} tokens/s")
     print(
         f"{args.clients} clients: {many['tokens']} tokens in {many['seconds']:.1f} s "
@@ -172,6 +175,35 @@ def main() -> None:
         f"time to first token under {args.clients} clients: "
         f"p50 {pct(many['ttft'], 50) * 1000:.0f} ms, p99 {pct(many['ttft'], 99) * 1000:.0f} ms"
     )
+    return rate_many
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--port", type=int, default=5077)
+    parser.add_argument("--backend", choices=["engine", "vllm"], default="engine")
+    args = parser.parse_args()
+
+    texts = prompts(args.clients * args.rounds)
+    print(f"model {args.model}, greedy, {args.tokens} new tokens at most, streaming over HTTP")
+    one, many = serve_load(args, texts, "engine")
+    rate_many = report("loraflow serve, engine backend", args, one, many)
+    if args.backend == "vllm":
+        v_one, v_many = serve_load(args, texts, "vllm")
+        rate_vllm = report("loraflow serve, vllm backend", args, v_one, v_many)
+        for clients, engine_run, vllm_run in ((1, one, v_one), (args.clients, many, v_many)):
+            ratio = (vllm_run["tokens"] / vllm_run["seconds"]) / (
+                engine_run["tokens"] / engine_run["seconds"]
+            )
+            print(f"vLLM / engine, {clients} client(s): {ratio:.2f}x")
+        print(f"(16-client aggregate: vLLM {rate_vllm:.1f} vs engine {rate_many:.1f} tokens/s)")
+        return
+    raw = raw_engine(args.model, texts, args.clients, args.rounds, args.tokens)
+    rate_raw = raw["tokens"] / raw["seconds"]
     print(
         f"the same load on the engine in process, without HTTP: {rate_raw:.1f} tokens/s; "
         f"server overhead {100 * (1 - rate_many / rate_raw):.1f} % (goal <= 10 %)"

@@ -158,3 +158,36 @@ def test_the_published_clients_cannot_tell_the_backends_apart(
         got = on_vllm_answers[model]
         assert got["stream"] == got["sync"][0] == got["chat"][0] == got["chat_stream"]
     assert {m.id for m in openai.models.list()} >= {TINY, one}
+
+
+def test_the_complete_task_and_a_batch_job_run_on_vllm(
+    on_vllm: str, tuned: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from prefect import flow
+
+    from flows.batch_complete import batch_complete
+    from loraflow.batch import BatchCompleteConfig
+    from loraflow.storage import get_store
+    from tasks.complete import complete
+
+    one = tuned[0]
+
+    @flow
+    def pipeline(questions: list[str]) -> list[str]:
+        return [complete(one, q, max_new_tokens=8, temperature=0).output.text for q in questions]
+
+    questions = ["Where is my order?", "Can I return it?", "Do you ship abroad?"]
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in questions))
+    config = BatchCompleteConfig(
+        model=one, input_data_path=str(source), max_new_tokens=8, temperature=0
+    )
+    on_vllm_answers = pipeline(questions)
+    result = batch_complete(config)
+    key = f"batch-completions/{result.job_id}/results.jsonl"
+    rows = [json.loads(line) for line in get_store().get_bytes(key).decode().splitlines()]
+    assert [r["generations"][0] for r in rows] == on_vllm_answers
+    use_engine(monkeypatch)
+    assert pipeline(questions) == on_vllm_answers
