@@ -225,7 +225,7 @@ def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a server may start vLLM before it answers
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:

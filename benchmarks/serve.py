@@ -41,29 +41,15 @@ def prompts(n: int) -> list[str]:
 
 
 def start_server(port: int, home: str, backend: str = "engine") -> subprocess.Popen:
-    import httpx
+    """``loraflow serve`` on ``backend`` with its own home (benchmarks/load.py starts it)."""
+    from load import start_server as start
 
     env = os.environ | {
         "LORAFLOW_API_KEYS": KEY,
         "LORAFLOW_HOME": home,
         "LORAFLOW_SERVING__BACKEND": backend,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loraflow", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the server did not start")
+    return start(port, env, Path(home) / "serve.log")
 
 
 def stream_one(base: str, model: str, prompt: str, tokens: int) -> tuple[int, float, float]:

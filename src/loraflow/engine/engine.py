@@ -18,10 +18,10 @@ from typing import Any
 from loraflow.engine.generation import BASE_ADAPTER, Decoder, Request, TokenEvent, eos_ids
 from loraflow.errors import NotFoundError
 from loraflow.models import model_revision, prepare, resolve_model
-from loraflow.models.prompts import Prompts
+from loraflow.models.prompts import PromptedBackend, Prompts
 
 
-class Engine:
+class Engine(PromptedBackend):
     """Serves one base model and any number of its adapters."""
 
     def __init__(self, base: str) -> None:
@@ -72,22 +72,6 @@ class Engine:
                 self.model.delete_adapter(key)
             else:
                 self.model = self.model.unload()
-
-    def encode(
-        self,
-        prompt: str | None = None,
-        messages: list[dict[str, str]] | None = None,
-        *,
-        raw: bool = False,
-    ) -> list[int]:
-        """Prompt token ids (``loraflow.models.prompts.Prompts.encode``)."""
-        return self.prompts.encode(prompt, messages, raw=raw)
-
-    def check(self, request: Request, field: str = "prompt") -> None:
-        """Raise InvalidRequestError / NotFoundError if ``request`` cannot run here."""
-        self.prompts.check_fits(len(request.prompt_ids), request.sampling.max_new_tokens, field)
-        if request.adapter is not None and request.adapter not in self.adapters:
-            raise NotFoundError(f"adapter {request.adapter!r} is not loaded on {self.base}")
 
     def stream(self, requests: list[Request], timeout: float | None = None) -> Iterator[TokenEvent]:
         """Generate for ``requests`` as one batch of their own, yielding token events.

@@ -4,10 +4,11 @@ engine or vLLM), so a prompt is templated the same way everywhere, as in trainin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from loraflow.errors import InvalidRequestError
+from loraflow.errors import InvalidRequestError, NotFoundError
 from loraflow.models.zoo import ModelSpec
 
 
@@ -71,6 +72,31 @@ class Prompts:
                 f"max_new_tokens: {budget} new tokens after a {size}-token prompt exceed the "
                 f"context window of {self.context}; ask for at most {self.context - size}"
             )
+
+
+class PromptedBackend:
+    """What every serving backend does alike, before it generates: encode with its base
+    model's ``Prompts``, and check a request (context window, adapter loaded)."""
+
+    base: str
+    prompts: Prompts
+    adapters: Mapping[str, Any]
+
+    def encode(
+        self,
+        prompt: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        *,
+        raw: bool = False,
+    ) -> list[int]:
+        """Prompt token ids (``Prompts.encode``)."""
+        return self.prompts.encode(prompt, messages, raw=raw)
+
+    def check(self, request: Any, field: str = "prompt") -> None:
+        """Raise InvalidRequestError / NotFoundError if ``request`` cannot run here."""
+        self.prompts.check_fits(len(request.prompt_ids), request.sampling.max_new_tokens, field)
+        if request.adapter is not None and request.adapter not in self.adapters:
+            raise NotFoundError(f"adapter {request.adapter!r} is not loaded on {self.base}")
 
 
 def _ids(value: Any) -> list[int]:

@@ -21,13 +21,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loraflow.engine.generation import Request, TokenEvent
 from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError, UnavailableError
 from loraflow.models import model_revision, prepare, resolve_model
-from loraflow.models.prompts import Prompts
+from loraflow.models.prompts import PromptedBackend, Prompts
 from loraflow.settings import get_settings
 from loraflow.vllm.process import VllmServer
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
-class VllmBackend:
+class VllmBackend(PromptedBackend):
     """Serves one base model and its adapters through a vLLM server."""
 
     def __init__(self, base: str) -> None:
@@ -54,33 +55,17 @@ class VllmBackend:
         self._lock = threading.Lock()
         self.server.ensure()
 
-    # ---- the CompletionBackend protocol ---------------------------------------------
-
-    def encode(
-        self,
-        prompt: str | None = None,
-        messages: list[dict[str, str]] | None = None,
-        *,
-        raw: bool = False,
-    ) -> list[int]:
-        return self.prompts.encode(prompt, messages, raw=raw)
-
-    def check(self, request: Request, field: str = "prompt") -> None:
-        self.prompts.check_fits(len(request.prompt_ids), request.sampling.max_new_tokens, field)
-        if request.adapter is not None and request.adapter not in self.adapters:
-            raise NotFoundError(f"adapter {request.adapter!r} is not loaded on {self.base}")
+    # ---- the CompletionBackend protocol (encode and check: PromptedBackend) -----------
 
     def submit(self, requests: list[Request], timeout: float | None = None) -> Iterator[TokenEvent]:
         """Token events of ``requests``, each streamed from vLLM (which batches them with
         everyone's); closing the iterator stops them all."""
-        url = self.server.ensure()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        events: queue.Queue[Any] = queue.Queue()
-        stop = threading.Event()
+        call = _Call(
+            url=self.server.ensure(),
+            deadline=None if timeout is None else time.monotonic() + timeout,
+        )
         threads = [
-            threading.Thread(
-                target=self._run, args=(url, k, r, events, stop, deadline), daemon=True
-            )
+            threading.Thread(target=self._run, args=(call, k, r), daemon=True)
             for k, r in enumerate(requests)
         ]
         self._using([r.adapter for r in requests], +1)
@@ -89,7 +74,7 @@ class VllmBackend:
                 t.start()
             running = len(threads)
             while running:
-                item = events.get()
+                item = call.events.get()
                 if item is _DONE:
                     running -= 1
                 elif isinstance(item, BaseException):
@@ -97,7 +82,7 @@ class VllmBackend:
                 else:
                     yield item
         finally:
-            stop.set()
+            call.stop.set()
             self._using([r.adapter for r in requests], -1)
 
     # ---- one request ------------------------------------------------------------------
@@ -119,19 +104,11 @@ class VllmBackend:
             "stream": True,
         }
 
-    def _run(
-        self,
-        url: str,
-        index: int,
-        r: Request,
-        out: queue.Queue[Any],
-        stop: threading.Event,
-        deadline: float | None,
-    ) -> None:
+    def _run(self, call: _Call, index: int, r: Request) -> None:
         try:
             for attempt in (1, 2):
                 try:
-                    self._stream(url, index, r, out, stop, deadline)
+                    self._stream(call, index, r)
                     return
                 except _AdapterGone:
                     if attempt == 2 or r.adapter is None:
@@ -140,30 +117,23 @@ class VllmBackend:
                         ) from None
                     self._reload(r.adapter)  # vLLM lost it (restarted): load and retry once
         except LoraflowError as exc:
-            out.put(exc)
+            call.events.put(exc)
         except Exception as exc:
-            out.put(self._unavailable(url, exc))
+            call.events.put(self._unavailable(call.url, exc))
         finally:
-            out.put(_DONE)
+            call.events.put(_DONE)
 
-    def _stream(
-        self,
-        url: str,
-        index: int,
-        r: Request,
-        out: queue.Queue[Any],
-        stop: threading.Event,
-        deadline: float | None,
-    ) -> None:
-        count = 0
-        with self.client.stream("POST", f"{url}/v1/completions", json=self._body(r)) as response:
+    def _stream(self, call: _Call, index: int, r: Request) -> None:
+        count, out = 0, call.events
+        url = f"{call.url}/v1/completions"
+        with self.client.stream("POST", url, json=self._body(r)) as response:
             if response.status_code != 200:
                 response.read()
                 raise self._refusal(response, r)
             for line in response.iter_lines():
-                if stop.is_set() or (r.cancelled is not None and r.cancelled.is_set()):
+                if call.stop.is_set() or (r.cancelled is not None and r.cancelled.is_set()):
                     return
-                if deadline is not None and time.monotonic() > deadline:
+                if call.deadline is not None and time.monotonic() > call.deadline:
                     out.put(TokenEvent(index, "", None, None, True, "timeout", count))
                     return
                 if not line.startswith("data:"):
@@ -262,6 +232,16 @@ class VllmBackend:
                     self.adapters[name] += delta
                     if delta > 0:
                         self.adapters.move_to_end(name)
+
+
+@dataclass
+class _Call:
+    """One ``submit``: where its requests go, when they end, and what they hand back."""
+
+    url: str
+    deadline: float | None
+    events: queue.Queue[Any] = field(default_factory=queue.Queue)
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 class _AdapterGone(LoraflowError):
