@@ -191,3 +191,17 @@ def test_the_complete_task_and_a_batch_job_run_on_vllm(
     assert [r["generations"][0] for r in rows] == on_vllm_answers
     use_engine(monkeypatch)
     assert pipeline(questions) == on_vllm_answers
+
+
+def test_an_adapter_vllm_cannot_load_is_a_clear_503_and_the_rest_keeps_serving(
+    on_vllm: str, tuned: list[str], tmp_path: Path
+) -> None:
+    from loraflow.errors import UnavailableError
+
+    wide = tiny_fine_tune(
+        tmp_path, "wide", rows=24, model=TINY, epochs=1, peft_config={"r": 32, "lora_alpha": 32}
+    ).fine_tuned_model
+    with pytest.raises(UnavailableError, match=r"serving\.vllm_max_lora_rank") as caught:
+        greedy(wide)  # rank 32 above the server's --max-lora-rank 16
+    assert caught.value.status == 503 and wide in str(caught.value)
+    assert greedy(tuned[0]) and greedy(TINY)  # the others are served as before

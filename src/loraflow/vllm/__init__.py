@@ -16,6 +16,7 @@ __all__ = [
     "get_backend",
     "preload",
     "problems",
+    "release",
     "resolve_served",
     "unload",
     "warm",
@@ -100,10 +101,9 @@ def unload(name: str) -> None:
         backend.unload_adapter(name)
 
 
-def shutdown() -> None:
-    """Stop the vLLM servers this process started and forget the backends."""
-    from loraflow.vllm.process import stop_all
-
+def release(base: str) -> None:
+    """Stop the vLLM server of ``base`` if this process started it, and forget its backend."""
     with _LOCK:
-        _BACKENDS.clear()
-    stop_all()
+        backend = _BACKENDS.pop(base, None)
+    if backend is not None:
+        backend.server.stop()
