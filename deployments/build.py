@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deployments.pools import ensure_work_pool
+from deployments.pools import KubernetesConfig, ensure_work_pool, pool_of
 from flows import config_model
 from loraflow.errors import ConfigError, field_problems
 from loraflow.jobs import DEPLOYMENT_NAME, DEVICE_LIMIT
@@ -75,8 +75,13 @@ class DeploymentsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     work_pool: str = Field("loraflow", description="The work pool runs go to.")
-    work_pool_type: Literal["process"] = Field(
-        "process", description="process: a worker's subprocesses on its machine."
+    work_pool_type: Literal["process", "kubernetes"] = Field(
+        "process",
+        description="process: a worker's subprocesses on its machine; kubernetes: a "
+        "Kubernetes Job per run (the kubernetes section says what its pod gets).",
+    )
+    kubernetes: KubernetesConfig = Field(
+        KubernetesConfig(), description="The Kubernetes pool's jobs: image, GPUs, Secret..."
     )
     device_slots: int = Field(1, ge=1, description="Fine-tunes that may train at once.")
     deployments: dict[str, DeploymentConfig] = Field(
@@ -153,7 +158,9 @@ def apply(path: Path | None = None) -> list[str]:
     config = load(path)
     built = build(config, path)
     with get_client(sync_client=True) as client:
-        ensure_work_pool(client, config.work_pool, config.work_pool_type)
+        ensure_work_pool(
+            client, config.work_pool, pool_of(config.work_pool_type, config.kubernetes)
+        )
         ensure_device_limit(client, config.device_slots)
         for deployment in built:
             deployment_id = deployment.apply(work_pool_name=config.work_pool)
