@@ -28,6 +28,10 @@ def test_a_fine_tune_on_s3_with_only_loraflow_credentials(
     for name in list(os.environ):
         if name.startswith(("AWS_", "MLFLOW_S3_")):
             monkeypatch.delenv(name)
+    for name in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+        monkeypatch.setenv(name, "")  # what MLflow's set-up writes goes again after the test
+        monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("LORAFLOW_STORAGE_URI", f"s3://{bucket}/lf")
