@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from loraflow.errors import NotFoundError
 from loraflow.storage.base import (
     CHUNK,
     HashingReader,
@@ -56,7 +57,7 @@ class LocalStore(ObjectStore):
         try:
             return self._path(key).open("rb")
         except (FileNotFoundError, IsADirectoryError):
-            raise self.missing(key) from None
+            raise NotFoundError(f"no object {key!r} in {self.uri}") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         found = []
@@ -92,7 +93,7 @@ class LocalStore(ObjectStore):
     def url(self, key: str, expires_in: int = 3600) -> str:
         path = self._path(key)
         if not path.is_file():
-            raise self.missing(key)
+            raise NotFoundError(f"no object {key!r} in {self.uri}")
         return path.as_uri()
 
 
