@@ -189,8 +189,35 @@ class VllmServer:
                     f"{self.log_path}:\n{_tail(self.log_path)}"
                 )
             time.sleep(0.5)
+        self._warm_up(deadline)
         pidfile.write(self.record, self.proc.pid, url=self.url)
         log.info("vLLM serves %s at %s", self.base, self.url)
+
+    def _warm_up(self, deadline: float) -> None:
+        """One short request through the sampling and log-probability paths: vLLM builds
+        them on first use (seconds on a CPU), which the first caller would otherwise wait
+        for and could time out on."""
+        import httpx
+
+        body = {
+            "model": self.base,
+            "prompt": "Hello",
+            "max_tokens": 2,
+            "temperature": 0.7,
+            "seed": 0,
+            "logprobs": 1,
+        }
+        started = time.monotonic()
+        try:
+            httpx.post(
+                f"{self.url}/v1/completions",
+                json=body,
+                timeout=max(deadline - started, 10.0),
+            ).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("the warm-up request to vLLM for %s failed: %s", self.base, exc)
+            return
+        log.info("vLLM warmed up for %s in %.1f s", self.base, time.monotonic() - started)
 
     def stop(self) -> None:
         """Stop the server if this process started it (its whole process group)."""
