@@ -22,14 +22,15 @@ from tests.helpers import SUPPORT_CSV, write
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("prefect_harness")]
 
 CHILD = """
-import sys
+import json, sys
 from flows.fine_tune import fine_tune
 from loraflow.fine_tuning import FineTuneRequest
 fine_tune(FineTuneRequest(
     model="tiny-llama-test", training_file=sys.argv[1], suffix="killed",
-    hyperparameters={"epochs": 8, "batch_size": 4, "save_every": 3, "validation_fraction": 0},
+    hyperparameters=json.loads(sys.argv[2]),
 ))
 """
+HYPERPARAMETERS = {"epochs": 8, "batch_size": 4, "save_every": 3, "validation_fraction": 0}
 
 
 def wait_for(what: str, check, log: Path, timeout: float = 180):  # type: ignore[no-untyped-def]
@@ -42,9 +43,8 @@ def wait_for(what: str, check, log: Path, timeout: float = 180):  # type: ignore
     raise AssertionError(f"timed out waiting for {what}; the job's output:\n{log.read_text()}")
 
 
-def test_a_killed_in_process_fine_tune_is_crashed_and_resumes_from_its_checkpoint(
-    tmp_path: Path,
-) -> None:
+def start_job(tmp_path: Path, hyperparameters: dict[str, object]) -> tuple[subprocess.Popen, Path]:  # type: ignore[type-arg]
+    """The fine-tune flow in a child process, as a Python import runs it."""
     from prefect.settings import PREFECT_API_URL
 
     rows = SUPPORT_CSV.read_text().splitlines()[:25]
@@ -54,9 +54,16 @@ def test_a_killed_in_process_fine_tune_is_crashed_and_resumes_from_its_checkpoin
     log = tmp_path / "job.log"
     with log.open("w") as sink:
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, file_id], cwd=root, env=env,
-            stdout=sink, stderr=subprocess.STDOUT,
+            [sys.executable, "-c", CHILD, file_id, json.dumps(hyperparameters)], cwd=root,
+            env=env, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
+    return child, log
+
+
+def test_a_killed_in_process_fine_tune_is_crashed_and_resumes_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    child, log = start_job(tmp_path, HYPERPARAMETERS)
     try:
         job = wait_for(
             "the job", lambda: [j for j in FineTune.list().jobs if j.status == "RUNNING"], log
@@ -89,3 +96,65 @@ def test_a_killed_in_process_fine_tune_is_crashed_and_resumes_from_its_checkpoin
     assert record.resumed_from is not None and record.resumed_from >= saved
     with pytest.raises(LoraflowError, match="only a FAILURE resumes"):
         FineTune.resume(job_id)
+
+
+def training_workers() -> list[int]:
+    """Processes of launched fine-tunes still alive: `accelerate launch` and its workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"loraflow.training.worker" in command:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_two_process_fine_tune_stops_its_workers_and_resumes_once(
+    tmp_path: Path,
+) -> None:
+    import mlflow
+
+    from loraflow import tracking
+
+    distributed = {**HYPERPARAMETERS, "batch_size": 2, "distributed": {"num_processes": 2}}
+    child, log = start_job(tmp_path, distributed)
+    try:
+        job = wait_for(
+            "the job", lambda: [j for j in FineTune.list().jobs if j.status == "RUNNING"], log
+        )
+        job_id = job[0].id
+
+        def checkpoint() -> int | None:
+            try:
+                key = f"fine-tunes/{job_id}/checkpoints/latest.json"
+                return json.loads(get_store().get_bytes(key))["step"]
+            except NotFoundError:
+                return None
+
+        saved = wait_for("a checkpoint", checkpoint, log)
+        assert len(training_workers()) == 3  # accelerate launch, and its 2 processes on gloo
+    finally:
+        child.send_signal(signal.SIGKILL)  # the job's process: its workers are not told
+        child.wait(timeout=30)
+    assert saved < 48, "the job ended before it was killed: nothing was tested"
+    wait_for("the workers to stop by themselves", lambda: not training_workers(), log, 60)
+
+    assert FineTune.get(job_id).status == "FAILURE"
+    resumed = FineTune.resume(job_id)  # from Python: trains here, on 2 processes again
+    assert resumed.status == "SUCCESS"
+    record = registry.read_record(resumed.fine_tuned_model)
+    assert record.steps == 48 and record.resumed_from is not None
+    assert record.resumed_from >= saved  # the workers' own last checkpoint counts too
+    tracking.configure()
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`loraflow.job_id` = '{job_id}'", output_format="list"
+    )
+    assert len(runs) == 1
+    assert record.registered_model is not None
+    versions = registry.versions_with(
+        record.registered_model, registry.TAG_MODEL, record.fine_tuned_model
+    )
+    assert len(versions) == 1

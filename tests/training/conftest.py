@@ -13,6 +13,7 @@ from loraflow.data.split import split_frame
 from loraflow.models import prepare, resolve_model
 from loraflow.storage.local import LocalStore
 from loraflow.training.checkpoints import CheckpointStore
+from loraflow.training.distributed import Distributed
 from loraflow.training.hyperparameters import parse_hyperparameters
 from loraflow.training.loop import TrainPlan
 
@@ -58,6 +59,7 @@ def tiny_plan(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     def make(out: str = "out", **hyper: Any) -> TrainPlan:
         hp = parse_hyperparameters({"epochs": 2, "batch_size": 4, "lr": 0.01, **hyper})
-        return TrainPlan(model_dir, spec, hp, train, val, checkpoints, tmp_path / out)
+        distributed = hp.distributed or Distributed()
+        return TrainPlan(model_dir, spec, hp, train, val, checkpoints, tmp_path / out, distributed)
 
     return make

@@ -23,6 +23,7 @@ from loraflow.registry import ModelRecord
 from loraflow.settings import get_settings
 from loraflow.storage import get_store
 from loraflow.training.checkpoints import CheckpointStore
+from loraflow.training.distributed import Distributed, check_capacity
 from loraflow.training.loop import Reporter, Trainer, TrainPlan
 
 
@@ -75,6 +76,8 @@ def run_fine_tune(
     """
     request, store, files = checked.request, get_store(), FileRepository.from_settings()
     name = str(request.fine_tuned_model)
+    distributed = checked.hyperparameters.distributed or Distributed()
+    check_capacity(distributed)
     _claim(name, job_id)
     model_dir = prepare(checked.spec)
     revision = model_revision(model_dir)
@@ -107,8 +110,9 @@ def run_fine_tune(
                 validation=val,
                 checkpoints=CheckpointStore(store, f"{prefix}/checkpoints"),
                 output_dir=Path(scratch),
+                distributed=distributed,
             )
-            result = Trainer(plan, FanOut(reporter, tracking.MlflowReporter())).run()
+            result = _train(plan, FanOut(reporter, tracking.MlflowReporter()))
             tracking.write_base_ref(result.adapter_dir, checked.spec.name, revision)
             tracking.log_loss_curve(_full_history(run.info.run_id))
             model_uri = tracking.log_adapter(result.adapter_dir)
@@ -137,6 +141,15 @@ def run_fine_tune(
     )
     reporter.event(f"fine-tuned model {name} is trained (MLflow run {run.info.run_id})")
     return record
+
+
+def _train(plan: TrainPlan, reporter: Reporter) -> Any:
+    """Train in this process, or under ``accelerate launch`` with several processes."""
+    if plan.distributed.launched:
+        from loraflow.training.launch import run_launched
+
+        return run_launched(plan, reporter)
+    return Trainer(plan, reporter).run()
 
 
 def _claim(name: str, job_id: str) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from loraflow.errors import InvalidRequestError
+from loraflow.training.distributed import Distributed
 from loraflow.types import DataSeed
 
 LORA_KEYS = {
@@ -55,6 +56,11 @@ class Hyperparameters(BaseModel):
         0.1, ge=0, lt=1, description="Split off when no validation file is given; 0 disables."
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    distributed: Distributed | None = Field(
+        None,
+        description="Data-parallel training under accelerate launch (processes, machines, "
+        "ddp or fsdp); default: one process. batch_size is per process.",
+    )
 
     @field_validator("peft_config")
     @classmethod

@@ -1,7 +1,9 @@
 """The LoRA training loop on accelerate: response-only loss, checkpoints, resume, cancellation.
 
-One process on CPU or one GPU as is; several GPUs or nodes under ``accelerate launch`` (each
-process takes every n-th batch; only the main process reports and checkpoints).
+One process on CPU or one GPU as is; several processes (GPUs, nodes, or CPU cores with gloo)
+under ``accelerate launch`` (``loraflow.training.launch``): each step's global batch is split
+across them (``loraflow.training.distributed``), they agree on a cancel, and only the main
+process reports and writes checkpoints and the adapter.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from loraflow.errors import LoraflowError
 from loraflow.models.zoo import ModelSpec
 from loraflow.training.checkpoints import CheckpointStore
 from loraflow.training.data import IGNORE, Batch, Example, collate, encode, epoch_batches
+from loraflow.training.distributed import (
+    Distributed,
+    gathered_state,
+    load_optimizer_state,
+    optimizer_state,
+    shard,
+    total,
+    totals,
+)
 from loraflow.training.hyperparameters import Hyperparameters
 
 
@@ -54,6 +65,7 @@ class TrainPlan:
     validation: pl.DataFrame | None
     checkpoints: CheckpointStore
     output_dir: Path
+    distributed: Distributed = field(default_factory=Distributed)
 
 
 @dataclass
@@ -100,7 +112,8 @@ def _accelerator(factory: Any, mixed: str) -> Any:
     state = AcceleratorState._shared_state
     if state and str(state.get("_mixed_precision", mixed)) != mixed:
         AcceleratorState._reset_state(reset_partial_state=False)
-    return factory(mixed_precision=mixed)
+    # without CUDA, several processes are CPU processes on gloo (accelerate needs telling)
+    return factory(mixed_precision=mixed, cpu=not torch.cuda.is_available())
 
 
 class ResponseLoss(torch.nn.Module):
@@ -148,7 +161,12 @@ class Trainer:
 
         plan, hp = self.plan, self.hp
         dtype, mixed = device_dtype(plan.spec)
+        if plan.distributed.mixed_precision != "auto":
+            mixed = plan.distributed.mixed_precision
         self.accelerator = _accelerator(Accelerator, mixed)
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.main = self.accelerator.is_main_process
         self.tokenizer = AutoTokenizer.from_pretrained(plan.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
@@ -169,7 +187,7 @@ class Trainer:
         self.model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        batches_per_epoch = math.ceil(len(self.train_examples) / hp.batch_size)
+        batches_per_epoch = math.ceil(len(self.train_examples) / (hp.batch_size * self.world))
         self.steps_per_epoch = math.ceil(batches_per_epoch / hp.gradient_accumulation_steps)
         self.total_steps = self.steps_per_epoch * hp.epochs
         self.scheduler = get_cosine_schedule_with_warmup(
@@ -185,16 +203,19 @@ class Trainer:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save as save_tensors
 
-        if not self.accelerator.is_main_process:
+        gathered = gathered_state(self.accelerator, self.loss_module)
+        optimizer = optimizer_state(self.accelerator, self.loss_module, self.optimizer)
+        if not self.main:
             return
         adapter = {
-            k: v.contiguous() for k, v in get_peft_model_state_dict(self._unwrapped()).items()
+            k: v.contiguous()
+            for k, v in get_peft_model_state_dict(self._unwrapped(), gathered).items()
         }
         state = io.BytesIO()
         torch.save(
             {
                 "step": step,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": random.getstate(),
@@ -218,7 +239,7 @@ class Trainer:
             self._unwrapped(), load_tensors(found.files["adapter.safetensors"])
         )
         state = torch.load(io.BytesIO(found.files["state.pt"]), weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.accelerator, self.loss_module, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -235,37 +256,47 @@ class Trainer:
         return self.accelerator.unwrap_model(self.loss_module).lm
 
     # -- loop ----------------------------------------------------------------------------
-    def _step_groups(self, epoch: int) -> list[list[list[int]]]:
+    def _step_groups(self, epoch: int) -> list[list[tuple[list[int], bool]]]:
+        """This process's micro-batches, grouped by optimizer step: its share of each global
+        batch of ``batch_size x processes`` examples."""
         acc = self.hp.gradient_accumulation_steps
-        batches = epoch_batches(self.train_examples, self.hp.batch_size, self.hp.seed, epoch)
-        mine = batches[self.accelerator.process_index :: self.accelerator.num_processes]
+        size = self.hp.batch_size * self.world
+        batches = epoch_batches(self.train_examples, size, self.hp.seed, epoch)
+        mine = [shard(b, self.rank, self.world) for b in batches]
         return [mine[i : i + acc] for i in range(0, len(mine), acc)]
 
-    def _train_step(self, group: list[list[int]]) -> dict[str, float]:
+    def _train_step(self, group: list[tuple[list[int], bool]]) -> dict[str, float]:
         device = self.accelerator.device
-        batches = [collate(self.train_examples, idx, self.pad_id) for idx in group]
-        label_total = sum(b.label_tokens for b in batches)
+        batches = [(collate(self.train_examples, idx, self.pad_id), real) for idx, real in group]
+        # every process divides by the label tokens of all of them; DDP averages gradients over
+        # processes, so each scales by their number: the step is that of one big batch
+        label_total = total(self.accelerator, sum(b.label_tokens for b, real in batches if real))
         loss_sum = 0.0
         self.loss_module.train()
-        for k, b in enumerate(batches):
+        for k, (b, real) in enumerate(batches):
             last = k == len(batches) - 1
             with nullcontext() if last else self.accelerator.no_sync(self.loss_module):
-                total, _ = self._loss(b, device)
-                self.accelerator.backward(total / label_total)
-            loss_sum += float(total.detach())
+                summed, _ = self._loss(b, device)
+                weight = self.world / label_total if real else 0.0
+                self.accelerator.backward(summed * weight)
+            loss_sum += float(summed.detach()) if real else 0.0
         grad_norm = self.accelerator.clip_grad_norm_(self.params, self.hp.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        real = sum(b.real_tokens for b in batches)
-        slots = sum(b.slots for b in batches)
+        loss_sum, tokens, slots = totals(
+            self.accelerator,
+            loss_sum,
+            sum(b.real_tokens for b, r in batches if r),
+            sum(b.slots for b, r in batches if r),
+        )
         return {
             "loss": loss_sum / label_total,
             "learning_rate": lr,
             "grad_norm": float(torch.as_tensor(grad_norm)),
-            "tokens": real,
-            "pad_fraction": 1 - real / slots,
+            "tokens": tokens,
+            "pad_fraction": 1 - tokens / slots,
         }
 
     def evaluate(self) -> float | None:
@@ -273,20 +304,20 @@ class Trainer:
         if not self.val_examples:
             return None
         self.loss_module.eval()
-        total, count = 0.0, 0
+        summed, count = 0.0, 0
         device = self.accelerator.device
         order = sorted(
             range(len(self.val_examples)), key=lambda i: len(self.val_examples[i].input_ids)
         )
+        size = self.hp.batch_size * self.world  # every process runs as many batches (FSDP)
         with torch.no_grad():
-            for start in range(0, len(order), self.hp.batch_size):
-                b = collate(
-                    self.val_examples, order[start : start + self.hp.batch_size], self.pad_id
-                )
-                loss, n = self._loss(b, device)
-                total += float(loss)
-                count += int(n)
-        return total / max(count, 1)
+            for start in range(0, len(order), size):
+                mine, real = shard(order[start : start + size], self.rank, self.world)
+                loss, n = self._loss(collate(self.val_examples, mine, self.pad_id), device)
+                if real:
+                    summed += float(loss)
+                    count += int(n)
+        return total(self.accelerator, summed) / max(total(self.accelerator, count), 1)
 
     def run(self) -> TrainResult:
         """Train to the end (or to a cancel), checkpointing on the way; returns the adapter."""
@@ -326,11 +357,16 @@ class Trainer:
                 rep.metrics(step, values)
                 if step % save_every == 0 or step == self.total_steps:
                     self._save(step)
-                if rep.should_stop() and step < self.total_steps:
+                if self._stop_agreed() and step < self.total_steps:
                     if step % save_every:
                         self._save(step)
                     raise TrainingCancelled(step)
         return self._finish(step, start_step, history, stats)
+
+    def _stop_agreed(self) -> bool:
+        """Whether to cancel now: the main process asks its reporter, and every process
+        learns the answer at the same step."""
+        return total(self.accelerator, float(self.main and self.reporter.should_stop())) > 0
 
     def _finish(
         self,
@@ -340,8 +376,9 @@ class Trainer:
         stats: dict[str, Any],
     ) -> TrainResult:
         adapter_dir = self.plan.output_dir / "adapter"
-        if self.accelerator.is_main_process:
-            self._unwrapped().save_pretrained(adapter_dir)
+        gathered = gathered_state(self.accelerator, self.loss_module)
+        if self.main:
+            self._unwrapped().save_pretrained(adapter_dir, state_dict=gathered)
             self.tokenizer.save_pretrained(adapter_dir)
         self.accelerator.wait_for_everyone()
         return TrainResult(
