@@ -5,12 +5,17 @@ Inputs come from a file id (``file-…``), an ``s3://bucket/key`` URL or a local
 with ``prompt`` or ``messages``). Results are one JSON line per input, in input order:
 ``{"index", "prompt" | "messages", "generations", "outputs", "statistics"}``. They are written
 once, whole, at the end: a failed or cancelled job leaves no partial output.
+
+The ``batch-complete`` flow splits the inputs into chunks (``chunks``) that Prefect tasks
+generate on a Dask cluster (``chunk_lines``), then writes them (``finish``); ``run`` does the
+same in one process.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +53,15 @@ class BatchCompleteConfig(BaseModel):
     num_generations: int = Field(1, ge=1, le=64, description="Completions per prompt.")
     return_token_log_probs: bool = Field(False, description="Include per-token log probs.")
     batch_size: int = Field(32, ge=1, le=512, description="Prompts generated together.")
+    chunk_size: int = Field(
+        256,
+        ge=1,
+        le=MAX_INPUTS,
+        description="Prompts per task on the cluster; a retried job skips the chunks it did.",
+    )
+    workers: int | None = Field(
+        None, ge=1, le=256, description="Local cluster workers; default: settings batch.workers."
+    )
 
 
 class BatchResult(BaseModel):
@@ -105,41 +119,78 @@ def parse_inputs(data: bytes, name: str) -> list[str | list[dict[str, str]]]:
     return inputs
 
 
+def chunks(inputs: list[Any], size: int) -> list[tuple[int, list[Any]]]:
+    """``inputs`` cut into ``(index of the first, chunk)`` pairs of ``size``."""
+    return [(start, inputs[start : start + size]) for start in range(0, len(inputs), size)]
+
+
+def pinned(config: BatchCompleteConfig) -> BatchCompleteConfig:
+    """``config`` with its model reference resolved to the exact model (an alias moved by a
+    promotion mid-job must not mix two models, nor let a retry reuse the other's chunks)."""
+    from loraflow import registry
+
+    version = config.model.partition("/")[2]
+    if "@" in config.model or (version.isdigit() and "/" not in version):
+        return config.model_copy(update={"model": registry.resolve(config.model)})
+    return config  # a base model or a fine-tune's own name: exact already
+
+
+def chunk_lines(config: BatchCompleteConfig, start: int, chunk: list[Any]) -> tuple[str, int]:
+    """The result lines of one chunk whose first input is ``start``, and its new tokens."""
+    from loraflow import completion
+
+    p = completion.params(**config.model_dump(include=set(completion.Params.model_fields)))
+    lines, tokens = [], 0
+    for first in range(0, len(chunk), config.batch_size):
+        part = chunk[first : first + config.batch_size]
+        results = completion.generate(
+            config.model, part, p, config.num_generations, config.batch_size
+        )
+        for k, (item, result) in enumerate(zip(part, results, strict=True)):
+            key = "prompt" if isinstance(item, str) else "messages"
+            index = start + first + k
+            lines.append(json.dumps({"index": index, key: item, **result.model_dump()}) + "\n")
+            tokens += sum(result.statistics.output_tokens)
+    return "".join(lines), tokens
+
+
+def finish(
+    config: BatchCompleteConfig, job_id: str, done: list[tuple[str, int]], inputs: int
+) -> BatchResult:
+    """Write every chunk's lines, in order, once; store and return the job's summary."""
+    data = "".join(lines for lines, _ in done).encode()
+    location = write_results(config.output_data_path, job_id, data)
+    summary = BatchResult(
+        job_id=job_id,
+        output_data_path=location,
+        inputs=inputs,
+        completion_tokens=sum(tokens for _, tokens in done),
+    )
+    get_store().put(_summary_key(job_id), summary.model_dump_json().encode())
+    return summary
+
+
 def run(
     config: BatchCompleteConfig,
     job_id: str,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> BatchResult:
-    """Generate for every input in batches; write the results; return where they are.
+    """Generate for every input in this process, a chunk at a time; write the results.
 
-    ``progress(done, total)`` is called after each batch; ``should_stop()`` is asked before
+    ``progress(done, total)`` is called after each chunk; ``should_stop()`` is asked before
     each, and a True ends the job with JobCancelled and writes nothing.
     """
-    from loraflow import completion
-
-    p = completion.params(**config.model_dump(include=set(completion.Params.model_fields)))
+    config = pinned(config)
     inputs = load_inputs(config.input_data_path)
-    lines, tokens = [], 0
-    for start in range(0, len(inputs), config.batch_size):
+    done = []
+    for start, chunk in chunks(inputs, config.batch_size):
         if should_stop is not None and should_stop():
             raise JobCancelled(f"{job_id} cancelled after {start} of {len(inputs)} inputs")
-        chunk = inputs[start : start + config.batch_size]
-        results = completion.generate(
-            config.model, chunk, p, config.num_generations, config.batch_size
-        )
-        for k, (item, result) in enumerate(zip(chunk, results, strict=True)):
-            key = "prompt" if isinstance(item, str) else "messages"
-            lines.append(json.dumps({"index": start + k, key: item, **result.model_dump()}))
-            tokens += sum(result.statistics.output_tokens)
+        done.append(chunk_lines(config, start, chunk))
         if progress is not None:
-            progress(min(start + config.batch_size, len(inputs)), len(inputs))
-    location = write_results(config.output_data_path, job_id, ("\n".join(lines) + "\n").encode())
-    summary = BatchResult(
-        job_id=job_id, output_data_path=location, inputs=len(inputs), completion_tokens=tokens
-    )
-    get_store().put(_summary_key(job_id), summary.model_dump_json().encode())
-    return summary
+            progress(start + len(chunk), len(inputs))
+    return finish(config, job_id, done, len(inputs))
 
 
 def read_result(job_id: str) -> BatchResult | None:

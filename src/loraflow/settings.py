@@ -122,6 +122,21 @@ class ServingConfig(BaseModel):
     )
 
 
+class BatchSettings(BaseModel):
+    """Where batch completion jobs run their chunks (a Dask cluster, via prefect-dask)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cluster_address: str | None = Field(
+        None,
+        description="A Dask scheduler batch jobs run on (tcp://host:8786); unset: a local "
+        "cluster per job, on this machine.",
+    )
+    workers: int = Field(
+        1, ge=1, le=256, description="Worker processes of a job's local cluster (one per core)."
+    )
+
+
 class Settings(BaseSettings):
     """Where loraflow keeps its state and how it reaches its services."""
 
@@ -169,6 +184,7 @@ class Settings(BaseSettings):
     validation: ValidationConfig = ValidationConfig()
     stack: StackConfig = StackConfig()
     serving: ServingConfig = ServingConfig()
+    batch: BatchSettings = BatchSettings()
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         [],
         description="Keys the HTTP service accepts (comma-separated in LORAFLOW_API_KEYS); "
