@@ -88,14 +88,16 @@ def generate_chunk(
 
 
 def chunk_runner(config: BatchCompleteConfig) -> tuple[Any, int | None]:
-    """The Dask task runner of a batch job: the cluster at ``batch.cluster_address``, else a
-    local one of ``workers`` processes; and the threads each local worker takes.
+    """The task runner of a batch job's chunks, and the threads each worker takes.
 
-    ConfigError, before anything runs, for a scheduler that does not answer or more workers
-    than this machine has cores.
+    The Dask cluster at ``batch.cluster_address``; else a local Dask cluster of ``workers``
+    processes; with one worker, this process (a one-worker cluster only adds its start-up:
+    15 s measured in benchmarks/distributed.py). ConfigError, before anything runs, for a
+    scheduler that does not answer or more workers than this machine has cores.
     """
     import os
 
+    from prefect.task_runners import ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
     from loraflow.errors import ConfigError
@@ -113,6 +115,8 @@ def chunk_runner(config: BatchCompleteConfig) -> tuple[Any, int | None]:
             f"{field}: {workers} local workers, but this machine has {cores} cores; lower it, "
             "or set batch.cluster_address to a Dask cluster"
         )
+    if workers == 1:
+        return ThreadPoolTaskRunner(max_workers=1), None
     cluster = {
         "n_workers": workers,
         "threads_per_worker": 1,

@@ -130,10 +130,14 @@ class BatchSettings(BaseModel):
     cluster_address: str | None = Field(
         None,
         description="A Dask scheduler batch jobs run on (tcp://host:8786); unset: a local "
-        "cluster per job, on this machine.",
+        "cluster of `workers` processes per job, on this machine.",
     )
     workers: int = Field(
-        1, ge=1, le=256, description="Worker processes of a job's local cluster (one per core)."
+        1,
+        ge=1,
+        le=256,
+        description="Worker processes of a job's local Dask cluster (at most one per core); "
+        "1: the job's own process, no cluster.",
     )
 
 
