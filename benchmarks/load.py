@@ -213,8 +213,11 @@ def drive_engine(
     return report
 
 
-def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``loraflow serve`` on 127.0.0.1:``port``, ready to answer."""
+def start_server(
+    port: int, env: dict[str, str], log: Path, timeout: float = 600
+) -> subprocess.Popen:
+    """``loraflow serve`` on 127.0.0.1:``port``, its output in ``log``, ready to answer within
+    ``timeout`` seconds (the default leaves room to start vLLM first)."""
     import httpx
 
     with log.open("w") as sink:
@@ -225,7 +228,7 @@ def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 600  # a server may start vLLM before it answers
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -127,3 +130,22 @@ def tiny_fine_tune(
         suffix=suffix,
     )
     return fine_tune(request)
+
+
+@contextmanager
+def in_home(home: Path) -> Iterator[None]:
+    """loraflow's settings on ``home`` for a block (a module-scoped fixture's set-up, which
+    runs outside any test's monkeypatch); LORAFLOW_HOME is as it was afterwards."""
+    from loraflow.settings import reset
+
+    before = os.environ.get("LORAFLOW_HOME")
+    os.environ["LORAFLOW_HOME"] = str(home)
+    reset()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LORAFLOW_HOME", None)
+        else:
+            os.environ["LORAFLOW_HOME"] = before
+        reset()

@@ -42,8 +42,8 @@ class CompletionBackend(Protocol):
         ...
 
 
-def _module(name: str | None = None) -> Any:
-    name = name or get_settings().serving.backend
+def _module() -> Any:
+    name = get_settings().serving.backend
     if name not in BACKENDS:
         raise ConfigError(f"serving.backend: {name!r} is not one of {', '.join(BACKENDS)}")
     return import_module(BACKENDS[name])

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from loraflow import Completion as SdkCompletion
-from tests.helpers import SUPPORT_CSV, tiny_fine_tune, write
+from tests.helpers import SUPPORT_CSV, in_home, tiny_fine_tune, write
 from tests.server.conftest import API_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "llmengine_env", "module_home")
@@ -35,19 +35,8 @@ def module_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def tuned(home: Path, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A fine-tune of the tiny model: unlike the bare base, its greedy answers vary."""
-    import os
-
-    from loraflow.settings import reset
-
-    before = os.environ.get("LORAFLOW_HOME")
-    os.environ["LORAFLOW_HOME"] = str(home)
-    reset()
-    try:
+    with in_home(home):
         return tiny_fine_tune(tmp_path_factory.mktemp("data"), "served").fine_tuned_model
-    finally:
-        if before is not None:
-            os.environ["LORAFLOW_HOME"] = before
-        reset()
 
 
 def test_llmengine_files(tmp_path: Path) -> None:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from benchmarks.load import start_server
 from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # a real server process and Prefect's ephemeral server: the full suite only
@@ -26,25 +22,9 @@ def test_serve_without_keys_prints_a_new_one_once_and_never_logs_it(
     env |= {"LORAFLOW_HOME": str(tmp_path / "home"), "LORAFLOW_MODELS_DIR": str(models_dir)}
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # a busy machine is slow
     log = tmp_path / "serve.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "loraflow", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_server(port, env, log, timeout=60)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
         lines = log.read_text().splitlines()
         shown = [n for n, line in enumerate(lines) if "(shown once)" in line]
         assert len(shown) == 1

@@ -4,7 +4,6 @@ and both HTTP APIs with the published clients work on the vllm backend unchanged
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from loraflow import Completion, Model
 from loraflow import settings as settings_module
-from tests.helpers import tiny_fine_tune
+from tests.helpers import in_home, tiny_fine_tune
 from tests.server.conftest import API_KEY, server  # noqa: F401  (the shared uvicorn server)
 from tests.vllm.conftest import TINY, use_engine, use_vllm
 
@@ -36,19 +35,12 @@ def module_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def tuned(home: Path, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """Two fine-tunes of the tiny vLLM model (trained on the engine, as always)."""
-    before = os.environ.get("LORAFLOW_HOME")
-    os.environ["LORAFLOW_HOME"] = str(home)
-    settings_module.reset()
-    try:
+    with in_home(home):
         data = tmp_path_factory.mktemp("data")
         return [
             tiny_fine_tune(data, suffix, rows=24, model=TINY, epochs=2).fine_tuned_model
             for suffix in ("one", "two")
         ]
-    finally:
-        if before is not None:
-            os.environ["LORAFLOW_HOME"] = before
-        settings_module.reset()
 
 
 def loaded(url: str) -> set[str]:

@@ -18,7 +18,7 @@ from typing import Any
 from loraflow.engine.generation import BASE_ADAPTER, Decoder, Request, TokenEvent, eos_ids
 from loraflow.errors import NotFoundError
 from loraflow.models import model_revision, prepare, resolve_model
-from loraflow.models.prompts import PromptedBackend, Prompts
+from loraflow.models.prompts import PromptedBackend, Prompts, context_window
 
 
 class Engine(PromptedBackend):
@@ -37,9 +37,7 @@ class Engine(PromptedBackend):
         dtype = _dtype(spec.dtype, gpu and torch.cuda.is_bf16_supported())
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         self.model = (model.to("cuda") if gpu else model).eval()  # type: ignore[arg-type]
-        self.context = int(getattr(model.config, "max_position_embeddings", 2048))
-        self.prompts = Prompts(spec, self.tokenizer, self.context)
-        self.use_chat = self.prompts.use_chat
+        self.prompts = Prompts(spec, self.tokenizer, context_window(model.config))
         self.adapters: dict[str, str] = {}  # model name -> peft adapter name
         self._lock = threading.Lock()
         self._lock_scheduler = threading.Lock()

@@ -27,8 +27,7 @@ class Prompts:
         from transformers import AutoConfig, AutoTokenizer
 
         config = AutoConfig.from_pretrained(path)
-        context = int(getattr(config, "max_position_embeddings", 2048))
-        return cls(spec, AutoTokenizer.from_pretrained(path), context)
+        return cls(spec, AutoTokenizer.from_pretrained(path), context_window(config))
 
     def encode(
         self,
@@ -82,6 +81,16 @@ class PromptedBackend:
     prompts: Prompts
     adapters: Mapping[str, Any]
 
+    @property
+    def context(self) -> int:
+        """The base model's context window, in tokens."""
+        return self.prompts.context
+
+    @property
+    def use_chat(self) -> bool:
+        """Whether prompts go through the chat template."""
+        return self.prompts.use_chat
+
     def encode(
         self,
         prompt: str | None = None,
@@ -97,6 +106,11 @@ class PromptedBackend:
         self.prompts.check_fits(len(request.prompt_ids), request.sampling.max_new_tokens, field)
         if request.adapter is not None and request.adapter not in self.adapters:
             raise NotFoundError(f"adapter {request.adapter!r} is not loaded on {self.base}")
+
+
+def context_window(config: Any) -> int:
+    """A model config's context window, in tokens."""
+    return int(getattr(config, "max_position_embeddings", 2048))
 
 
 def _ids(value: Any) -> list[int]:

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
-from loraflow.errors import InvalidRequestError
+from loraflow.errors import InvalidRequestError, NotFoundError
 
 CHUNK = 1 << 20
 _KEY = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
@@ -102,6 +102,10 @@ class ObjectStore(ABC):
         """Ask the store itself to drop unfinished uploads (an S3 lifecycle rule) where it
         allows it; True when the rule is in place or none is needed."""
         return True
+
+    def missing(self, key: str) -> NotFoundError:
+        """The error for ``key`` not being in this store."""
+        return NotFoundError(f"no object {key!r} in {self.uri}")
 
     def get_bytes(self, key: str) -> bytes:
         """Read all of ``key`` into memory."""

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from loraflow.errors import NotFoundError
 from loraflow.storage.base import (
     CHUNK,
     HashingReader,
@@ -57,7 +56,7 @@ class LocalStore(ObjectStore):
         try:
             return self._path(key).open("rb")
         except (FileNotFoundError, IsADirectoryError):
-            raise NotFoundError(f"no object {key!r} in {self.uri}") from None
+            raise self.missing(key) from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         found = []
@@ -93,7 +92,7 @@ class LocalStore(ObjectStore):
     def url(self, key: str, expires_in: int = 3600) -> str:
         path = self._path(key)
         if not path.is_file():
-            raise NotFoundError(f"no object {key!r} in {self.uri}")
+            raise self.missing(key)
         return path.as_uri()
 
 

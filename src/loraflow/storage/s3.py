@@ -189,7 +189,7 @@ class S3Store(ObjectStore):
                 return call()
             except ClientError as exc:
                 if exc.response["Error"]["Code"] in _MISSING:
-                    raise NotFoundError(f"no object {key!r} in {self.uri}") from None
+                    raise self.missing(key) from None
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 transient = status >= 500 or exc.response["Error"]["Code"] in _TRANSIENT
                 failure: Exception = exc
@@ -229,7 +229,7 @@ class S3Store(ObjectStore):
             yield
         except ClientError as exc:
             if exc.response["Error"]["Code"] in _MISSING:
-                raise NotFoundError(f"no object {key!r} in {self.uri}") from None
+                raise self.missing(key) from None
             raise self._error(what, key, exc) from None
         except BotoCoreError as exc:  # connection refused, timeouts, no credentials
             raise self._error(what, key, exc) from None
@@ -317,7 +317,7 @@ class S3Store(ObjectStore):
 
     def url(self, key: str, expires_in: int = PRESIGN_SECONDS) -> str:
         if not self.exists(key):
-            raise NotFoundError(f"no object {key!r} in {self.uri}")
+            raise self.missing(key)
         return self.client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key)},

@@ -47,7 +47,6 @@ class VllmBackend(PromptedBackend):
         self.base = spec.name
         self.revision = model_revision(path)
         self.prompts = Prompts.load(spec, path)
-        self.context = self.prompts.context
         self.server = VllmServer(self.base, path)
         self.client = httpx.Client(timeout=httpx.Timeout(30.0, read=None))
         self.adapters: OrderedDict[str, int] = OrderedDict()  # name -> requests running

@@ -63,6 +63,34 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def unanswered(url: str) -> str:
+    """What to say of a ``serving.vllm_url`` with no healthy server behind it."""
+    return (
+        f"serving.vllm_url: no healthy vLLM server at {url} (GET /health); start it, or unset "
+        "serving.vllm_url to let loraflow start one"
+    )
+
+
+def running(base: str) -> bool:
+    """Whether a healthy vLLM server of ``base`` is there now, at serving.vllm_url or started
+    by a loraflow process of this home; never starts one (nor prepares the model)."""
+    url = get_settings().serving.vllm_url
+    if url:
+        return healthy(url.rstrip("/"))
+    return _healthy_record(_record(base)) is not None
+
+
+def _record(base: str) -> Path:
+    """Where the loraflow process that started ``base``'s server names it."""
+    return get_settings().home / "run" / f"vllm-{base}.json"
+
+
+def _healthy_record(path: Path) -> str | None:
+    """The URL the pid file at ``path`` names, if its process runs and answers."""
+    found = pidfile.read(path)
+    return found["url"] if found and healthy(found["url"]) else None
+
+
 class VllmServer:
     """The vLLM server of one base model: its URL, and its process when loraflow runs it."""
 
@@ -74,31 +102,23 @@ class VllmServer:
         self.proc: subprocess.Popen[bytes] | None = None  # when this process started it
         self._lock = threading.Lock()
         self._restarting = threading.Event()
-        home = get_settings().home
-        self.record = home / "run" / f"vllm-{base}.json"
-        self.log_path = home / "logs" / f"vllm-{base}.log"
+        self.record = _record(base)
+        self.log_path = get_settings().home / "logs" / f"vllm-{base}.log"
 
     def ensure(self) -> str:
         """The URL of a healthy server; starts (or restarts) loraflow's own when it is not
         running. UnavailableError when a server at vllm_url does not answer."""
         if self.external:
             if not healthy(self.url):
-                raise UnavailableError(
-                    f"serving.vllm_url: no healthy vLLM server at {self.url} (GET /health); "
-                    "start it, or unset vllm_url to let loraflow start one"
-                )
+                raise UnavailableError(unanswered(self.url))
             return self.url
         if self._restarting.is_set():
-            raise UnavailableError(
-                f"the vLLM server of {self.base} stopped and is restarting; retry in a minute "
-                f"(its log: {self.log_path})"
-            )
+            raise self._restarting_error()
         with self._lock:
             if self.url and self._alive() and healthy(self.url):
                 return self.url
-            found = pidfile.read(self.record)
-            if found and healthy(found["url"]):
-                self.url = found["url"]  # another loraflow process of this home runs it
+            if found := _healthy_record(self.record):
+                self.url = found  # another loraflow process of this home runs it
                 return self.url
             if self.proc is None:
                 self._start()  # the first start: the caller waits for it
@@ -111,7 +131,10 @@ class VllmServer:
             )
             self._restarting.set()
             threading.Thread(target=self._restart, name=f"vllm-restart-{self.base}").start()
-        raise UnavailableError(
+        raise self._restarting_error()
+
+    def _restarting_error(self) -> UnavailableError:
+        return UnavailableError(
             f"the vLLM server of {self.base} stopped and is restarting; retry in a minute "
             f"(its log: {self.log_path})"
         )
@@ -120,8 +143,7 @@ class VllmServer:
         """Whether a healthy server is there now (never starts one)."""
         if self.external:
             return healthy(self.url)
-        found = pidfile.read(self.record)
-        return bool(found) and healthy(found["url"] if found else "")
+        return _healthy_record(self.record) is not None
 
     def _restart(self) -> None:
         try:
