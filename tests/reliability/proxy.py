@@ -1,7 +1,8 @@
-"""A TCP proxy in front of the moto server that can cut storage off: connections in flight
+"""A TCP proxy in front of a server (moto, vLLM) that can cut it off: connections in flight
 are dropped and new ones closed at once until it is restored. It counts the bytes sent each
 way, so a test can tell a resumed transfer from a restarted one, and can arm an outage that
-starts by itself: after N bytes one way, or when a request names a marker."""
+starts by itself: after N bytes one way, or when a request names a marker; or run an action
+at the moment a marker passes (to kill a server mid-answer, say)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class CuttableProxy:
         self.sent_downstream = 0
         self.outages = 0
         self._trip: Callable[[bytes, bool], bool] | None = None
+        self._hook: Callable[[bytes, bool], bool] | None = None
         self._outage = 0.0
         self._down = threading.Event()
         self._lock = threading.Lock()
@@ -57,6 +59,20 @@ class CuttableProxy:
         """When a request's bytes hold ``marker`` (a key, say), cut storage off for ``outage`` s."""
         self._arm(lambda chunk, upstream: upstream and marker in chunk, outage)
 
+    def when(self, marker: bytes, action: Callable[[], None], upstream: bool = False) -> None:
+        """Run ``action`` once, before passing on the first chunk that holds ``marker`` going
+        that way (downstream by default: what the server answers)."""
+        fired = threading.Event()
+
+        def trip(chunk: bytes, going_up: bool) -> bool:
+            if going_up == upstream and marker in chunk and not fired.is_set():
+                fired.set()
+                action()
+            return False
+
+        with self._lock:
+            self._hook = trip
+
     def _arm(self, trip: Callable[[bytes, bool], bool], outage: float) -> None:
         with self._lock:
             self._trip, self._outage = trip, outage
@@ -72,6 +88,12 @@ class CuttableProxy:
         timer = threading.Timer(self._outage, self.restore)
         timer.daemon = True
         timer.start()
+
+    def _before(self, chunk: bytes, upstream: bool) -> None:
+        with self._lock:
+            hook = self._hook
+        if hook is not None:
+            hook(chunk, upstream)
 
     def close(self) -> None:
         self.cut()
@@ -99,6 +121,7 @@ class CuttableProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         try:
             while chunk := source.recv(1 << 16):
+                self._before(chunk, upstream)
                 sink.sendall(chunk)
                 with self._lock:
                     if upstream:
@@ -108,7 +131,10 @@ class CuttableProxy:
                 self._tripped(chunk, upstream)
         except OSError:
             pass
-        finally:
+        finally:  # shut down before closing: a close alone sends nothing while the other
+            # pump thread still blocks in recv on the socket, and the peer would wait forever
             for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()

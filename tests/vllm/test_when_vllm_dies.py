@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from loraflow import Completion
 from loraflow.errors import UnavailableError
+from tests.reliability.proxy import CuttableProxy
 from tests.server.conftest import API_KEY, server  # noqa: F401  (the shared uvicorn server)
 from tests.vllm.conftest import TINY
 
@@ -27,10 +29,18 @@ def test_a_dead_vllm_fails_requests_with_503_and_is_started_again(
     from loraflow import vllm
 
     assert httpx.get(f"{server}/readyz").status_code == 200
+    # vLLM is frozen the moment its first token passes a proxy, so the stream cannot finish
+    # before the kill lands (the tiny model makes 900 tokens in about a second)
+    group = vllm_tiny.proc.pid  # type: ignore[attr-defined]
+    proxy = CuttableProxy(urlsplit(vllm_tiny.url).port)  # type: ignore[attr-defined]
+    monkeypatch.setenv("LORAFLOW_SERVING__VLLM_URL", proxy.url)
+    settings_module.reset()
+    vllm._BACKENDS.clear()
+    proxy.when(b"data:", lambda: os.killpg(group, signal.SIGSTOP))
     stream = Completion.create(TINY, "Tell me everything", max_new_tokens=900, stream=True)
     first = next(stream)
-    assert first.output is not None
-    os.killpg(vllm_tiny.proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+    assert first.output is not None and not first.output.finished
+    os.killpg(group, signal.SIGKILL)
     began = time.monotonic()
     with pytest.raises(UnavailableError) as caught:
         for _ in stream:
@@ -47,6 +57,7 @@ def test_a_dead_vllm_fails_requests_with_503_and_is_started_again(
         timeout=60,
     )
     assert answer.status_code == 503 and "vLLM" in answer.json()["detail"]
+    proxy.close()
 
     # loraflow's own server comes back: the first call after the death starts it again
     with pytest.raises(UnavailableError, match="restarting"):

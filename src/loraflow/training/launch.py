@@ -10,16 +10,15 @@ calling process is gone, so a killed job leaves no training behind and resumes f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from loraflow.children import free_port, log_tail, stop_group
 from loraflow.errors import LoraflowError
 from loraflow.training.distributed import Distributed, effective
 from loraflow.training.loop import Reporter, TrainingCancelled, TrainPlan, TrainResult
@@ -82,7 +81,7 @@ def run_launched(plan: TrainPlan, reporter: Reporter) -> TrainResult:
     log_path = run_dir / "launch.log"
     env = os.environ | {"LORAFLOW_TRAINING_PARENT": str(os.getpid())}
     env.setdefault("OMP_NUM_THREADS", str(_threads_per_process(plan.distributed)))
-    command = accelerate_command(plan.distributed, run_dir, _free_port())
+    command = accelerate_command(plan.distributed, run_dir, free_port())
     reporter.event(
         f"training on {plan.distributed.num_processes} processes "
         f"({plan.distributed.strategy}) under accelerate launch"
@@ -102,7 +101,7 @@ def run_launched(plan: TrainPlan, reporter: Reporter) -> TrainResult:
                 (run_dir / "stop").touch()
             time.sleep(0.5)
     finally:
-        _stop(proc)
+        stop_group(proc)
     return _outcome(run_dir, proc.returncode, log_path)
 
 
@@ -114,7 +113,7 @@ def _outcome(run_dir: Path, code: int | None, log_path: Path) -> TrainResult:
     if code != 0 or not (run_dir / "result.json").exists():
         raise LoraflowError(
             f"training under accelerate launch failed (exit code {code}); a re-run resumes "
-            f"from its last checkpoint. The end of {log_path}:\n{_tail(log_path)}"
+            f"from its last checkpoint. The end of {log_path}:\n{log_tail(log_path)}"
         )
     done = json.loads((run_dir / "result.json").read_text())
     return TrainResult(**(done | {"adapter_dir": Path(done["adapter_dir"])}))
@@ -139,43 +138,10 @@ def _relay(path: Path, offset: int, reporter: Reporter) -> int:
     return offset + end
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """End the launcher and every worker (its process group), if still running."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 def _threads_per_process(d: Distributed) -> int:
     d = effective(d)
     local = max(d.num_processes // d.num_machines, 1)
     return max(len(os.sched_getaffinity(0)) // local, 1)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = 12) -> str:
-    """The errors a worker raised (torchrun's own summary says little), then the last lines."""
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    errors = [line for line in text if "Error: " in line and "ChildFailedError" not in line]
-    return "\n".join([*dict.fromkeys(errors[-4:]), "...", *text[-lines:]])
 
 
 def result_dict(result: TrainResult) -> dict[str, Any]:

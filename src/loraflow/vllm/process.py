@@ -17,13 +17,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 from loraflow import pidfile
+from loraflow.children import free_port, log_tail, stop_group
 from loraflow.errors import ConfigError, UnavailableError
 from loraflow.settings import get_settings
 
@@ -163,7 +163,7 @@ class VllmServer:
     def _start(self) -> None:
         settings = get_settings().serving
         python = find_python()
-        port = _free_port()
+        port = free_port()
         command = [
             str(python), "-m", ENTRYPOINT,
             "--model", str(self.model_dir),
@@ -201,14 +201,14 @@ class VllmServer:
                     os.killpg(self.proc.pid, signal.SIGKILL)  # engine processes it left
                 raise UnavailableError(
                     f"vLLM could not serve {self.base} (exit code {self.proc.returncode}); "
-                    f"the end of {self.log_path}:\n{_tail(self.log_path)}"
+                    f"the end of {self.log_path}:\n{log_tail(self.log_path)}"
                 )
             if time.monotonic() > deadline:
                 self.stop()
                 raise UnavailableError(
                     f"vLLM did not serve {self.base} within {settings.vllm_start_timeout:g} s "
                     "(serving.vllm_start_timeout); the end of "
-                    f"{self.log_path}:\n{_tail(self.log_path)}"
+                    f"{self.log_path}:\n{log_tail(self.log_path)}"
                 )
             time.sleep(0.5)
         self._warm_up(deadline)
@@ -246,14 +246,7 @@ class VllmServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_group(proc)
         self.record.unlink(missing_ok=True)
 
 
@@ -266,19 +259,3 @@ def stop_all() -> None:
     while _started:
         with contextlib.suppress(Exception):
             _started.pop().stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    errors = [line for line in text if "Error" in line]
-    return "\n".join((errors[-3:] if errors else []) + text[-lines:])
