@@ -45,7 +45,20 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
             f"  openai:    OpenAI(base_url='http://{host}:{port}/v1', api_key='<key>')"
         )
     with _exit_cleanly_on_sigterm():
-        uvicorn.run(build(keys), host=host, port=port, log_level="info", access_log=False)
+        uvicorn.run(
+            build(keys),
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=False,
+            # idle connections stay open longer than a client or load balancer keeps them
+            # (60 s is common): closing first races a client reusing the connection, which
+            # then reads a reset (uvicorn's 5 s lost 1 of ~1,000 streams under load here)
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        )
+
+
+KEEP_ALIVE_SECONDS = 75
 
 
 @contextmanager
