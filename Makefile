@@ -65,6 +65,7 @@ bench: setup ## benchmarks: each prints loraflow against its baseline and the ra
 	$(BIN)/python benchmarks/completion.py
 	$(BIN)/python benchmarks/serve.py
 	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/distributed.py
 
 clean: ## remove the venv and caches (not ~/.loraflow)
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
