@@ -37,8 +37,9 @@ from tasks.complete import (
 def batch_complete(config: BatchCompleteConfig = BatchCompleteConfig()) -> Any:  # noqa: B008
     """Generate for every prompt; returns the BatchResult with the results' location.
 
-    The inputs are cut into chunks of ``chunk_size`` that ``generate-chunk`` tasks run on a
-    Dask cluster (a local one by default; ``batch.cluster_address`` for any other). Each
+    The inputs are cut into chunks of ``chunk_size`` that ``generate-chunk`` tasks run on the
+    Dask cluster at ``batch.cluster_address``, else on a local one of ``workers`` processes,
+    else (one worker, the default) in this process. Each
     chunk is cached by its content, so a retried job redoes only what was not finished; the
     results are written once, whole, when every chunk is done.
     """

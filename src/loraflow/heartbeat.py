@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from loraflow import pidfile
 from loraflow.errors import LoraflowError, NotFoundError
 from loraflow.storage import get_store
 
@@ -29,10 +30,7 @@ def key(job_id: str) -> str:
 
 
 def _identity() -> dict[str, Any]:
-    import psutil
-
-    pid = os.getpid()
-    return {"pid": pid, "started": psutil.Process(pid).create_time(), "host": socket.gethostname()}
+    return pidfile.identity(os.getpid()) | {"host": socket.gethostname()}
 
 
 @contextmanager
@@ -67,8 +65,6 @@ def gone(job_id: str, started: float | None, now: float | None = None) -> str | 
     ``started``: when the run started (epoch seconds); a run with no heartbeat yet counts as
     gone only once it is older than ``STALE_AFTER``.
     """
-    import psutil
-
     now = time.time() if now is None else now
     try:
         beat = json.loads(get_store().get_bytes(key(job_id)))
@@ -76,14 +72,9 @@ def gone(job_id: str, started: float | None, now: float | None = None) -> str | 
         if started is not None and now - started > STALE_AFTER:
             return f"no heartbeat for {now - started:.0f} s since the run started"
         return None
-    if beat.get("host") == socket.gethostname():
-        try:
-            proc = psutil.Process(beat["pid"])
-            alive = proc.create_time() == beat["started"] and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            alive = False
-        if not alive:
-            return f"its process {beat['pid']} on {beat['host']} is no longer running"
+    here = beat.get("host") == socket.gethostname()
+    if here and not pidfile.running(beat["pid"], beat["started"]):
+        return f"its process {beat['pid']} on {beat['host']} is no longer running"
     if now - beat["at"] > STALE_AFTER:
         return f"no heartbeat from {beat['host']} for {now - beat['at']:.0f} s"
     return None

@@ -60,24 +60,29 @@ def start_job(tmp_path: Path, hyperparameters: dict[str, object]) -> tuple[subpr
     return child, log
 
 
+def running_with_a_checkpoint(log: Path) -> tuple[str, int]:
+    """The running job's id and the step of its first checkpoint, once it has one."""
+    job = wait_for(
+        "the job", lambda: [j for j in FineTune.list().jobs if j.status == "RUNNING"], log
+    )
+    job_id = job[0].id
+
+    def checkpoint() -> int | None:
+        try:
+            key = f"fine-tunes/{job_id}/checkpoints/latest.json"
+            return int(json.loads(get_store().get_bytes(key))["step"])
+        except NotFoundError:
+            return None
+
+    return job_id, wait_for("a checkpoint", checkpoint, log)
+
+
 def test_a_killed_in_process_fine_tune_is_crashed_and_resumes_from_its_checkpoint(
     tmp_path: Path,
 ) -> None:
     child, log = start_job(tmp_path, HYPERPARAMETERS)
     try:
-        job = wait_for(
-            "the job", lambda: [j for j in FineTune.list().jobs if j.status == "RUNNING"], log
-        )
-        job_id = job[0].id
-
-        def checkpoint() -> int | None:
-            try:
-                key = f"fine-tunes/{job_id}/checkpoints/latest.json"
-                return json.loads(get_store().get_bytes(key))["step"]
-            except NotFoundError:
-                return None
-
-        saved = wait_for("a checkpoint", checkpoint, log)
+        job_id, saved = running_with_a_checkpoint(log)
         assert FineTune.get(job_id).status == "RUNNING"  # beating: not taken for dead
     finally:
         child.send_signal(signal.SIGKILL)
@@ -122,19 +127,7 @@ def test_a_killed_two_process_fine_tune_stops_its_workers_and_resumes_once(
     distributed = {**HYPERPARAMETERS, "batch_size": 2, "distributed": {"num_processes": 2}}
     child, log = start_job(tmp_path, distributed)
     try:
-        job = wait_for(
-            "the job", lambda: [j for j in FineTune.list().jobs if j.status == "RUNNING"], log
-        )
-        job_id = job[0].id
-
-        def checkpoint() -> int | None:
-            try:
-                key = f"fine-tunes/{job_id}/checkpoints/latest.json"
-                return json.loads(get_store().get_bytes(key))["step"]
-            except NotFoundError:
-                return None
-
-        saved = wait_for("a checkpoint", checkpoint, log)
+        job_id, saved = running_with_a_checkpoint(log)
         assert len(training_workers()) == 3  # accelerate launch, and its 2 processes on gloo
     finally:
         child.send_signal(signal.SIGKILL)  # the job's process: its workers are not told

@@ -8,6 +8,7 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5005
+KEEP_ALIVE_SECONDS = 75  # idle connections: longer than clients and load balancers keep them
 
 
 def api_keys_or_new() -> tuple[list[str], str | None]:
@@ -56,9 +57,6 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
             # then reads a reset (uvicorn's 5 s lost 1 of ~1,000 streams under load here)
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
-
-
-KEEP_ALIVE_SECONDS = 75
 
 
 @contextmanager

@@ -58,6 +58,11 @@ class Distributed(BaseModel):
         return self
 
     @property
+    def per_machine(self) -> int:
+        """Training processes on each machine."""
+        return max(self.num_processes // self.num_machines, 1)
+
+    @property
     def launched(self) -> bool:
         """Whether training runs under ``accelerate launch`` rather than in this process."""
         return self.num_processes > 1 or self.config_file is not None
@@ -108,7 +113,6 @@ def check_capacity(d: Distributed) -> None:
     problem = inconsistency(d)
     if problem:
         raise ConfigError(f"distributed (with {d.config_file}): {problem}")
-    local = d.num_processes // d.num_machines
     import torch
 
     if d.strategy == "fsdp" and not torch.cuda.is_available():
@@ -120,10 +124,10 @@ def check_capacity(d: Distributed) -> None:
         have, what = torch.cuda.device_count(), "GPUs"
     else:
         have, what = len(os.sched_getaffinity(0)), "CPU cores"
-    if local > have:
+    if d.per_machine > have:
         raise ConfigError(
-            f"distributed.num_processes: {local} process(es) per machine, but this machine has "
-            f"{have} {what}; lower num_processes (or raise num_machines)"
+            f"distributed.num_processes: {d.per_machine} process(es) per machine, but this "
+            f"machine has {have} {what}; lower num_processes (or raise num_machines)"
         )
 
 

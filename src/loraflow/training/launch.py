@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loraflow import pidfile
 from loraflow.children import free_port, log_tail, stop_group
 from loraflow.errors import LoraflowError
 from loraflow.training.distributed import Distributed, effective
@@ -79,7 +80,8 @@ def run_launched(plan: TrainPlan, reporter: Reporter) -> TrainResult:
     run_dir = plan.output_dir / "launch"
     write_plan(plan, run_dir)
     log_path = run_dir / "launch.log"
-    env = os.environ | {"LORAFLOW_TRAINING_PARENT": str(os.getpid())}
+    parent = json.dumps(pidfile.identity(os.getpid()))  # workers stop when it is gone
+    env = os.environ | {"LORAFLOW_TRAINING_PARENT": parent}
     env.setdefault("OMP_NUM_THREADS", str(_threads_per_process(plan.distributed)))
     command = accelerate_command(plan.distributed, run_dir, free_port())
     reporter.event(
@@ -139,9 +141,7 @@ def _relay(path: Path, offset: int, reporter: Reporter) -> int:
 
 
 def _threads_per_process(d: Distributed) -> int:
-    d = effective(d)
-    local = max(d.num_processes // d.num_machines, 1)
-    return max(len(os.sched_getaffinity(0)) // local, 1)
+    return max(len(os.sched_getaffinity(0)) // effective(d).per_machine, 1)
 
 
 def result_dict(result: TrainResult) -> dict[str, Any]:

@@ -317,7 +317,8 @@ class Trainer:
                 if real:
                     summed += float(loss)
                     count += int(n)
-        return total(self.accelerator, summed) / max(total(self.accelerator, count), 1)
+        loss, tokens = totals(self.accelerator, summed, count)
+        return loss / max(tokens, 1)
 
     def run(self) -> TrainResult:
         """Train to the end (or to a cancel), checkpointing on the way; returns the adapter."""

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from loraflow import pidfile
 from loraflow.errors import LoraflowError
 
 
@@ -22,7 +23,8 @@ class FileReporter:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.parent = int(os.environ.get("LORAFLOW_TRAINING_PARENT", "0"))
+        parent = os.environ.get("LORAFLOW_TRAINING_PARENT")  # the job's process, as JSON
+        self.parent = json.loads(parent) if parent else None
 
     def _write(self, item: dict[str, object]) -> None:
         with (self.run_dir / "events.jsonl").open("a") as f:
@@ -38,7 +40,8 @@ class FileReporter:
         self._write({"step": step, "metrics": values})
 
     def should_stop(self) -> bool:
-        return (self.run_dir / "stop").exists() or not _alive(self.parent)
+        gone = self.parent is not None and not pidfile.running(**self.parent)
+        return gone or (self.run_dir / "stop").exists()
 
 
 class Quiet:
@@ -55,18 +58,6 @@ class Quiet:
 
     def should_stop(self) -> bool:
         return False
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
