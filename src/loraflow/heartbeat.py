@@ -62,18 +62,22 @@ def beating(job_id: str, every: float = EVERY_SECONDS) -> Iterator[None]:
 def gone(job_id: str, started: float | None, now: float | None = None) -> str | None:
     """Why the process running ``job_id`` is gone, or None while it may still run.
 
-    ``started``: when the run started (epoch seconds); a run with no heartbeat yet counts as
-    gone only once it is older than ``STALE_AFTER``.
+    ``started``: when the run (this attempt of it) started, epoch seconds; a run with no
+    heartbeat yet counts as gone only once it is older than ``STALE_AFTER``. A heartbeat
+    from before ``started`` is an earlier attempt's (a process killed before a resume or a
+    retry) and counts as none.
     """
     now = time.time() if now is None else now
     try:
         beat = json.loads(get_store().get_bytes(key(job_id)))
     except NotFoundError:
+        beat = None
+    if beat is None or (started is not None and beat["at"] < started):
         if started is not None and now - started > STALE_AFTER:
             return f"no heartbeat for {now - started:.0f} s since the run started"
         return None
     here = beat.get("host") == socket.gethostname()
-    if here and not pidfile.running(beat["pid"], beat["started"]):
+    if here and not pidfile.running(beat):
         return f"its process {beat['pid']} on {beat['host']} is no longer running"
     if now - beat["at"] > STALE_AFTER:
         return f"no heartbeat from {beat['host']} for {now - beat['at']:.0f} s"

@@ -201,7 +201,7 @@ def settle(client: Any, run: Any) -> Any:
 
     if run.state is None or run.state.type != StateType.RUNNING:
         return run
-    started = run.start_time.timestamp() if run.start_time else None
+    started = run.state.timestamp.timestamp() if run.state.timestamp else None  # this attempt
     why = heartbeat.gone(run.name, started)
     if why is None:
         return run

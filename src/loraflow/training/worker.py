@@ -40,7 +40,7 @@ class FileReporter:
         self._write({"step": step, "metrics": values})
 
     def should_stop(self) -> bool:
-        gone = self.parent is not None and not pidfile.running(**self.parent)
+        gone = self.parent is not None and not pidfile.running(self.parent)
         return gone or (self.run_dir / "stop").exists()
 
 
