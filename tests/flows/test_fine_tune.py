@@ -16,6 +16,8 @@ import mlflow
 import pytest
 
 from loraflow import Completion, FineTune, InvalidRequestError, Model, NotFoundError
+from loraflow.errors import LoraflowError
+from loraflow.integrations import aixplain
 from loraflow.settings import reset
 from loraflow.storage import get_store
 from tests.helpers import write
@@ -180,6 +182,19 @@ def test_fine_tune_runs_to_success_with_events_tracking_and_outputs(
     assert Model.get(f"tiny-llama-test.support/{model.version}").name == done.fine_tuned_model
     assert Completion.create(done.fine_tuned_model, "How do I do thing 3?", 8, 0).output.text
 
+    # aiXplain's view of the same job: its model, status and losses, latest or after an epoch
+    handle = aixplain.LLM.from_fine_tune(job.id)
+    assert handle.id == done.fine_tuned_model and handle.run("Hi", max_tokens=4).completed
+    latest = handle.check_finetune_status()
+    assert (latest.status, latest.model_status, latest.epoch) == ("completed", "onboarded", 2.0)
+    assert latest.training_loss == pytest.approx(history[-1].value, abs=1e-6)
+    assert latest.validation_loss is not None
+    after = handle.check_finetune_status(after_epoch=1)
+    assert after.epoch is not None and 1 < after.epoch <= 1.2
+    assert after.training_loss == pytest.approx(history[9].value, abs=1e-6)  # epoch 2, step 1
+    with pytest.raises(LoraflowError, match="not a fine-tune's handle"):
+        aixplain.LLM(done.fine_tuned_model).check_finetune_status()
+
 
 def wait_batch(job_id: str, timeout: float = 120) -> object:
     deadline = time.monotonic() + timeout
@@ -206,6 +221,47 @@ def test_batch_completion_job_runs_on_the_worker(runner: subprocess.Popen, tmp_p
     )
     assert [r["generations"] for r in rows] == [e.generations for e in expected]
     assert Completion.cancel_batch_completion(job_id).success is False  # already ended
+
+
+def test_distilabel_offline_batch_generation_runs_as_a_batch_job(
+    runner: subprocess.Popen, tmp_path: Path
+) -> None:
+    from distilabel.exceptions import DistilabelOfflineBatchGenerationNotFinishedException
+    from distilabel.pipeline import Pipeline
+    from distilabel.steps import LoadDataFromDicts
+    from distilabel.steps.tasks import TextGeneration
+
+    from loraflow.integrations.distilabel import LoraflowLLM
+
+    prompts = ["Hi", "Where is my order?", "Thanks"]
+    greedy = {"max_new_tokens": 5, "temperature": 0.0}
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    llm = LoraflowLLM(model="tiny-llama-test", use_offline_batch_generation=True)
+    llm.load()
+    with pytest.raises(DistilabelOfflineBatchGenerationNotFinishedException) as first:
+        llm.offline_batch_generate(chats, num_generations=2, **greedy)
+    (job_id,) = first.value.jobs_ids
+    assert llm.jobs_ids == (job_id,) and job_id.startswith("batch-")
+    with pytest.raises(DistilabelOfflineBatchGenerationNotFinishedException):
+        llm.offline_batch_generate()  # not done yet: it was just submitted
+    assert wait_batch(job_id).status == "completed"
+    outputs = llm.offline_batch_generate()
+    expected = Completion.generate("tiny-llama-test", prompts, 2, **greedy)
+    assert [o["generations"] for o in outputs] == [e.generations for e in expected]
+    assert [o["statistics"]["output_tokens"] for o in outputs] == [[5, 5]] * 3
+
+    # in a pipeline: the step waits for the job, polling every second
+    with Pipeline(name="loraflow-offline", cache_dir=tmp_path / "cache") as pipeline:
+        load = LoadDataFromDicts(data=[{"instruction": p} for p in prompts])
+        offline = LoraflowLLM(
+            model="tiny-llama-test",
+            generation_kwargs=greedy,
+            use_offline_batch_generation=True,
+            offline_batch_generation_block_until_done=1,
+        )
+        load >> TextGeneration(llm=offline, num_generations=2, group_generations=True)
+    rows = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    assert [r["generation"] for r in rows] == [e.generations for e in expected]
 
 
 def test_batch_completion_job_cancels_and_writes_nothing(

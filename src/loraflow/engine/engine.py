@@ -7,6 +7,7 @@ Generation is serialised per engine with a lock; callers batch requests into ``s
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -157,6 +158,18 @@ def _dtype(setting: str, bf16: bool) -> Any:
 
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child (a multiprocessing pool: distilabel's pipeline steps) has none of its
+    parent's scheduler threads: it loads engines of its own on first use instead of waiting
+    on the parent's."""
+    global _ENGINES_LOCK
+    _ENGINES.clear()
+    _ENGINES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def get_engine(base: str) -> Engine:

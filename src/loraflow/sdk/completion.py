@@ -20,12 +20,14 @@ from loraflow.completion import Params
 from loraflow.errors import InvalidRequestError, first_problem
 from loraflow.sdk.types import (
     BatchCompletionsJob,
+    BatchResultLine,
     CancelBatchCompletionResponse,
     CompletionStreamResponse,
     CompletionSyncResponse,
     CreateBatchCompletionsResponse,
     GenerateOutput,
     GetBatchCompletionResponse,
+    RunStatus,
     SamplingOptions,
 )
 
@@ -160,6 +162,29 @@ class Completion:
         return iterate_in_thread(lambda: chunks)
 
     @classmethod
+    def submit(
+        cls,
+        model: str,
+        prompt: str | None = None,
+        *args: Any,
+        messages: Messages | None = None,
+        **params: Any,
+    ) -> str:
+        """Start a completion and return its run id at once; ``poll`` reads how it stands.
+        The request is checked first (errors as ``create``). Not in LLM Engine's client."""
+        from loraflow import runs
+
+        return runs.start(model, prompt, messages, _params(args, params, {}))
+
+    @classmethod
+    def poll(cls, run_id: str) -> RunStatus:
+        """How a ``submit``-ted run stands: IN_PROGRESS, or its text and usage, or its error.
+        Raises NotFoundError for an unknown run id."""
+        from loraflow import runs
+
+        return runs.status(run_id)
+
+    @classmethod
     def generate(
         cls,
         model: str,
@@ -209,7 +234,7 @@ class Completion:
     def batch_create(
         cls,
         model: str,
-        input_data_path: str,
+        input_data_path: str | None = None,
         output_data_path: str | None = None,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
@@ -220,16 +245,25 @@ class Completion:
         seed: int | None = None,
         num_generations: int = 1,
         batch_size: int = 32,
+        *,
+        inputs: Sequence[str | Messages] | None = None,
     ) -> CreateBatchCompletionsResponse:
         """Start a batch job over the prompts at ``input_data_path``; returns its id at once.
 
         Input: a file id, ``s3://`` URL or local path of CSV/JSONL prompts (``prompt`` or
-        ``messages``). Results: JSONL at ``output_data_path``, by default in loraflow's store
-        (``get_batch_completion`` says where). Runs on a worker (``loraflow worker``).
+        ``messages``); or ``inputs``, prompts and chats given here (stored with the job, so a
+        worker on another machine reads them). Results: JSONL at ``output_data_path``, by
+        default in loraflow's store (``get_batch_completion`` says where, ``batch_results``
+        reads them). Runs on a worker (``loraflow worker``).
         """
         from loraflow import batch
         from loraflow.jobs import start_job
 
+        job_id = batch.JOB_IDS.new()
+        if (input_data_path is None) == (inputs is None):
+            raise InvalidRequestError("send either input_data_path or inputs, not both or neither")
+        if inputs is not None:
+            input_data_path = batch.store_inputs(job_id, inputs)
         try:
             config = batch.BatchCompleteConfig(
                 model=model,
@@ -247,7 +281,6 @@ class Completion:
             )
         except ValidationError as exc:
             raise InvalidRequestError(first_problem(exc)) from None
-        job_id = batch.JOB_IDS.new()
         start_job(batch.FLOW_NAME, {"config": config.model_dump()}, job_id, batch.TAG)
         return CreateBatchCompletionsResponse(job_id=job_id)
 
@@ -278,6 +311,20 @@ class Completion:
                 num_completion_tokens=result.completion_tokens if result else None,
             )
         )
+
+    @classmethod
+    def batch_results(cls, job_id: str) -> list[BatchResultLine]:
+        """A completed batch job's results, in input order. Not in LLM Engine's client.
+
+        Raises NotFoundError for an unknown job, InvalidRequestError while it has not
+        completed (the message says its status).
+        """
+        from loraflow import batch
+
+        status = cls.get_batch_completion(job_id).job.status
+        if status != "completed":
+            raise InvalidRequestError(f"{job_id} is {status}; results come once it completes")
+        return [BatchResultLine.model_validate(line) for line in batch.read_results(job_id)]
 
     @classmethod
     def cancel_batch_completion(cls, job_id: str) -> CancelBatchCompletionResponse:

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 
 from loraflow import __version__
 from loraflow.errors import LoraflowError
-from loraflow.server import llmengine, openai_api
+from loraflow.server import aixplain_api, llmengine, openai_api
 from loraflow.server.errors import PayloadTooLarge, Unauthorized, error_response, install_errors
 
 UPLOAD_PATHS = ("/v1/files",)
@@ -124,7 +124,8 @@ async def _reject(send: Any, message: str) -> None:
 
 
 def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> FastAPI:
-    """The service: LLM Engine routes under /v1 and /v2, OpenAI routes, open health checks.
+    """The service: LLM Engine routes under /v1 and /v2, OpenAI routes, aiXplain's execute
+    and poll under /api/v1, open health checks.
 
     ``api_keys`` must not be empty: every route but the health checks needs one of them.
     """
@@ -142,6 +143,7 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
     protected = [Depends(authorize)]
     app.include_router(llmengine.router, dependencies=protected)
     app.include_router(openai_api.router, dependencies=protected)
+    app.include_router(aixplain_api.router, dependencies=protected)
 
     @app.get("/healthz")
     @app.get("/healthcheck")

@@ -37,7 +37,13 @@ class _Common(BaseModel):
     n: Annotated[int, Field(ge=1, le=64), JSON_INTEGER] = 1
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
     seed: Seed | None = None
+
+    @property
+    def stream_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk (``stream_options.include_usage``)."""
+        return bool((self.stream_options or {}).get("include_usage"))
 
     def params(self, max_tokens: int | None, log_probs: bool) -> completion.Params:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -74,7 +80,6 @@ class ChatBody(_Common):
     max_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
     logprobs: bool | None = False
-    stream_options: dict[str, Any] | None = None
 
 
 def _finish(reason: str | None) -> str | None:
@@ -108,7 +113,7 @@ async def completions(body: CompletionBody) -> Any:
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
     if body.stream:
-        return _stream(call, head, _text_choice_delta)
+        return _stream(call, head, _text_choice_delta, body.stream_usage)
     outputs = await run_in_threadpool(call.outputs)
     choices = [
         {
@@ -135,9 +140,8 @@ async def chat_completions(body: ChatBody) -> Any:
     rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": rid, "object": "chat.completion", "created": created, "model": body.model}
     if body.stream:
-        usage = bool((body.stream_options or {}).get("include_usage"))
         chunk_head = head | {"object": "chat.completion.chunk"}
-        return _stream(call, chunk_head, _chat_choice_delta, usage)
+        return _stream(call, chunk_head, _chat_choice_delta, body.stream_usage)
     outputs = await run_in_threadpool(call.outputs)
     choices = [
         {
