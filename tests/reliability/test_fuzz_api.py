@@ -40,6 +40,7 @@ CHECKED_BEYOND_THE_SCHEMA = {
     "POST /v1/llm/completions-stream",
     "POST /v1/completions",
     "POST /v1/chat/completions",
+    "POST /api/v1/execute/{model}",
 }
 
 # Start a Prefect job: with no deployment registered (none is, here) they answer 503 saying

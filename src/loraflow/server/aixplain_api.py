@@ -6,7 +6,7 @@ client on another machine runs, then polls.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,12 @@ from loraflow.types import JSON_INTEGER, ModelReference, Seed
 router = APIRouter()
 
 
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class ExecuteBody(BaseModel):
     """aiXplain's LLM payload: the user's text, a system ``context``, a ``prompt`` before the
     text, earlier turns in ``history``, and sampling settings (its defaults)."""
@@ -26,7 +32,7 @@ class ExecuteBody(BaseModel):
     data: str = Field(min_length=1)
     context: str | None = None
     prompt: str | None = None
-    history: list[dict[str, Any]] | None = None
+    history: list[Turn] | None = None
     temperature: float = Field(0.001, ge=0, le=1)
     max_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] = 128
     top_p: float | None = Field(1.0, gt=0, le=1)
@@ -35,7 +41,8 @@ class ExecuteBody(BaseModel):
 
 @router.post("/api/v1/execute/{model:path}", responses=NOT_FOUND)
 def execute(model: Annotated[ModelReference, Path()], body: ExecuteBody, request: Request) -> Any:
-    prompt, messages = runs.chat(body.data, body.context, body.prompt, body.history)
+    history = [t.model_dump() for t in body.history or ()]
+    prompt, messages = runs.chat(body.data, body.context, body.prompt, history)
     params = completion.params(
         max_new_tokens=body.max_tokens,
         temperature=body.temperature,
