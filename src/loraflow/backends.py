@@ -27,6 +27,13 @@ BACKENDS = {"engine": "loraflow.engine.engine", "vllm": "loraflow.vllm"}
 class CompletionBackend(Protocol):
     """A server of one base model and its adapters, as the completion path uses it."""
 
+    base: str  # the base model's zoo name
+
+    @property
+    def context(self) -> int:
+        """The base model's context window, in tokens."""
+        ...
+
     def encode(
         self, prompt: str | None = None, messages: list[dict[str, str]] | None = None
     ) -> list[int]:

@@ -7,6 +7,7 @@ an InvalidRequestError naming the field and never disturbs the requests being se
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Unpack
@@ -41,7 +42,9 @@ class Params(BaseModel):
     """Sampling settings of a completion call, checked as LLM Engine's server checks them."""
 
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(20, ge=1)
+    max_new_tokens: int | None = Field(
+        20, ge=1, description="New tokens at most; None: the rest of the context window."
+    )
     temperature: float = Field(0.2, ge=0, le=1)
     stop_sequences: list[str] | None = None
     return_token_log_probs: bool = False
@@ -57,11 +60,14 @@ class Params(BaseModel):
             raise ValueError("top_k needs to be strictly positive, or -1 / None to disable it")
         return value
 
-    def sampling(self, seed_offset: int = 0) -> Any:
+    def sampling(self, seed_offset: int = 0, room: int | None = None) -> Any:
+        """The engine's Sampling; ``room``: the context left after the prompt, the budget
+        when max_new_tokens is None."""
         from loraflow.engine.generation import Sampling
 
+        budget = self.max_new_tokens if self.max_new_tokens is not None else max(room or 1, 1)
         return Sampling(
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=budget,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=None if self.top_k == -1 else self.top_k,
@@ -121,6 +127,7 @@ class Call:
                 f"num_generations: must be at least 1 (got {num_generations})"
             )
         self.backend, adapter = backends.resolve(model)
+        self.served = adapter or self.backend.base  # the metrics' model label
         self.params = p
         self.num_generations = num_generations
         self.requests = []
@@ -128,7 +135,8 @@ class Call:
             field = "prompt" if len(inputs) == 1 else f"inputs[{i}]"
             ids = encode_input(self.backend, prompt, messages, field)
             for g in range(num_generations):
-                request = Request(ids, adapter, p.sampling(seed_offset=g))
+                room = self.backend.context - len(ids)
+                request = Request(ids, adapter, p.sampling(seed_offset=g, room=room))
                 self.backend.check(request, field)
                 self.requests.append(request)
 
@@ -137,12 +145,21 @@ class Call:
 
         Event indexes count within the batch. Raises CompletionTimeoutError on a timeout.
         """
+        from loraflow import metrics
+
+        started, first = time.monotonic(), True
         for event in self.backend.submit(batch or self.requests, timeout=self.params.timeout):
             if event.finish_reason == "timeout":
                 raise CompletionTimeoutError(
                     f"timeout: the completion took longer than {self.params.timeout} s; "
                     "raise timeout or lower max_new_tokens"
                 )
+            if first:
+                metrics.FIRST_TOKEN.labels(self.served).observe(time.monotonic() - started)
+                first = False
+            if event.finished:
+                metrics.TOKENS.labels(self.served).inc(event.completion_tokens)
+                metrics.COMPLETIONS.labels(self.served, event.finish_reason or "stop").inc()
             yield event
 
     def outputs(self, batch_size: int = 32) -> list[CompletionOutput]:

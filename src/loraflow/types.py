@@ -128,7 +128,7 @@ class SamplingParams(SamplingOptions, total=False):
     """Every sampling setting of a completion call, as LLM Engine names them: declared once,
     taken by ``Completion`` as keyword arguments and checked by ``loraflow.completion.Params``."""
 
-    max_new_tokens: int  # new tokens, at most
+    max_new_tokens: int | None  # new tokens, at most; None: the rest of the context window
     temperature: float  # 0 is greedy; at most 1
 
 

@@ -125,3 +125,83 @@ def test_a_disconnected_stream_stops_its_generation_and_a_silent_reader_stalls_n
         assert http.post(SYNC, json=BODY).status_code == 200
     finally:
         silent.__exit__(None, None, None)
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "temperature": 0}
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "field"),
+    [
+        ("/v1/chat/completions", {"presence_penalty": 0.5}, "presence_penalty"),
+        ("/v1/chat/completions", {"frequency_penalty": -1.0}, "frequency_penalty"),
+        ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+        ("/v1/chat/completions", {"tools": [{"type": "function"}]}, "tools"),
+        ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 3}, "top_logprobs"),
+        ("/v1/chat/completions", {"logit_bias": {"50": 10}}, "logit_bias"),
+        ("/v1/chat/completions", {"guided_choice": ["a", "b"]}, "guided_choice"),
+        ("/v1/completions", {"echo": True}, "echo"),
+        ("/v1/completions", {"best_of": 3}, "best_of"),
+        ("/v1/completions", {"suffix": "end"}, "suffix"),
+    ],
+)
+def test_openai_settings_loraflow_cannot_honour_are_refused_by_name(
+    server: str, path: str, extra: dict[str, object], field: str
+) -> None:
+    http = client(server, **{"x-api-key": API_KEY})
+    body = CHAT if "chat" in path else {"model": MODEL, "prompt": "Hi", "temperature": 0}
+    refused = http.post(path, json={**body, "max_tokens": 4, **extra})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"].startswith(f"{field}: not supported by loraflow")
+
+
+def test_settings_that_change_nothing_are_accepted(server: str) -> None:
+    http = client(server, **{"x-api-key": API_KEY})
+    same = {
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "response_format": {"type": "text"},
+        "tool_choice": "none",
+    }
+    plain = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 4}).json()
+    neutral = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 4, **same}).json()
+    assert neutral["choices"][0]["message"] == plain["choices"][0]["message"]
+    best_of_one = {"model": MODEL, "prompt": "Hi", "max_tokens": 4, "best_of": 1}
+    assert http.post("/v1/completions", json=best_of_one).status_code == 200
+
+
+def test_a_chat_without_max_tokens_may_fill_the_context_window(server: str) -> None:
+    http = client(server, **{"x-api-key": API_KEY})
+    long = {"role": "user", "content": "hello world " * 160}  # near the tiny model's 1024
+    answer = http.post("/v1/chat/completions", json={**CHAT, "messages": [long]}).json()
+    usage = answer["usage"]
+    assert usage["completion_tokens"] > 16  # not OpenAI's legacy 16 of /v1/completions
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert usage["prompt_tokens"] + usage["completion_tokens"] == 1024
+    legacy = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "temperature": 0})
+    assert legacy.json()["usage"]["completion_tokens"] == 16
+
+
+def test_metrics_for_prometheus_need_the_key_and_count_the_work(server: str) -> None:
+    http = client(server, **{"x-api-key": API_KEY})
+    assert client(server).get("/metrics").status_code == 401
+    before = _tokens(http.get("/metrics").text)
+    for _ in range(2):
+        assert http.post(SYNC, json=BODY).status_code == 200
+    text = http.get("/metrics").text
+    assert _tokens(text) == before + 2 * 5  # max_new_tokens 5, greedy: no early stop here
+    for name in (
+        'http_requests_total{handler="/v1/llm/completions-sync",method="POST",status="2xx"}',
+        'loraflow_completions_total{finish_reason="length",model="tiny-llama-test"}',
+        'loraflow_time_to_first_token_seconds_count{model="tiny-llama-test"}',
+        'loraflow_engine_batch_size_count{base_model="tiny-llama-test"}',
+        'loraflow_engine_queue_depth{base_model="tiny-llama-test"}',
+        "http_request_duration_seconds_bucket",
+    ):
+        assert name in text, name
+    assert API_KEY not in text
+
+
+def _tokens(text: str) -> float:
+    prefix = 'loraflow_generated_tokens_total{model="tiny-llama-test"} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))

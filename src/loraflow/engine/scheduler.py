@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from loraflow import metrics
 from loraflow.engine.generation import Request, TokenEvent
 
 WINDOW_SECONDS = 0.01
@@ -101,13 +102,19 @@ class Scheduler:
             waiting += self._arrivals(idle=not running and not waiting)
             room = self.max_batch - (len(decoder.rows) if running else 0)
             admitted, waiting = _fit(waiting, room, running)
+            base = self.engine.base
+            metrics.QUEUE.labels(base).set(len(waiting) + self._pending.qsize())
             try:
                 if admitted:
                     if not running:
                         decoder = self.engine.decoder()
                     self._admit(decoder, admitted, owners, keys)
                 if decoder is not None and decoder.rows:
+                    metrics.RUNNING.labels(base).set(len(decoder.rows))
+                    metrics.BATCH.labels(base).observe(len(decoder.rows))
                     self._route(decoder.step(), owners)
+                else:
+                    metrics.RUNNING.labels(base).set(0)
                     self._fail_rows(decoder, owners)
             except BaseException as exc:  # a fault of the whole batch: its callers see it
                 hit = [s for s, _ in owners.values()] + admitted

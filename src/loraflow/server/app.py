@@ -161,6 +161,7 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
             raise UnavailableError("; ".join(found))
         return {"status": "ready"}
 
+    _metrics(app, protected)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     settings = get_settings()
     app.add_middleware(
@@ -169,6 +170,19 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
         request_limit=settings.max_request_bytes,
     )
     return app
+
+
+def _metrics(app: FastAPI, protected: list[Any]) -> None:
+    """``/metrics`` for Prometheus (the key as a bearer token in the scrape config): HTTP
+    requests by route and status with latency histograms, and loraflow's own
+    (``loraflow.metrics``: tokens, completions, time to first token, queue depth, batch size)."""
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    import loraflow.metrics  # noqa: F401 - registers loraflow's metrics before the first scrape
+
+    Instrumentator(excluded_handlers=["/metrics", *OPEN_PATHS]).instrument(app).expose(
+        app, include_in_schema=False, dependencies=protected
+    )
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

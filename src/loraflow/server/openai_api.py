@@ -29,6 +29,26 @@ router = APIRouter()
 log = logging.getLogger("loraflow.server")
 
 
+UNSUPPORTED = (
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "top_logprobs",
+    "echo",
+    "suffix",
+    "best_of",
+)
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)  # JSON's types as the schema says
     model: ModelReference
@@ -39,6 +59,30 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     seed: Seed | None = None
+    # OpenAI's (and vLLM's) settings loraflow's engine does not honour: refused, never ignored
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[Any] | None = None
+    guided_grammar: str | None = None
+
+    def refused(self) -> list[str]:
+        """The settings given that would change the answer and are not supported (zero
+        penalties, a text response format, tool_choice "none", best_of 1 change nothing)."""
+        harmless: tuple[Any, ...] = (None, 0, {}, [], "none", {"type": "text"})
+        return [
+            n
+            for n in UNSUPPORTED
+            if getattr(self, n, None) not in harmless
+            and not (n == "best_of" and getattr(self, n) == 1)
+        ]
 
     @property
     def stream_usage(self) -> bool:
@@ -46,9 +90,14 @@ class _Common(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
     def params(self, max_tokens: int | None, log_probs: bool) -> completion.Params:
+        if refused := self.refused():
+            raise InvalidRequestError(
+                f"{refused[0]}: not supported by loraflow; leave it unset"
+                + (f" (also given: {', '.join(refused[1:])})" if refused[1:] else "")
+            )
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         return completion.params(
-            max_new_tokens=16 if max_tokens is None else max_tokens,
+            max_new_tokens=max_tokens,  # None: the rest of the context window, as OpenAI
             temperature=self.temperature,
             top_p=self.top_p,
             stop_sequences=stop,
@@ -61,6 +110,9 @@ class CompletionBody(_Common):
     prompt: str | Annotated[list[str], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = 16
     logprobs: Annotated[int, Field(ge=0), JSON_INTEGER] | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
 
 
 class ChatMessage(BaseModel):
@@ -80,6 +132,7 @@ class ChatBody(_Common):
     max_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1), JSON_INTEGER] | None = None
     logprobs: bool | None = False
+    top_logprobs: Annotated[int, Field(ge=0), JSON_INTEGER] | None = None
 
 
 def _finish(reason: str | None) -> str | None:
