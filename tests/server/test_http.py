@@ -205,3 +205,37 @@ def test_metrics_for_prometheus_need_the_key_and_count_the_work(server: str) -> 
 def _tokens(text: str) -> float:
     prefix = 'loraflow_generated_tokens_total{model="tiny-llama-test"} '
     return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_docs_work_offline(server: str) -> None:
+    import re
+
+    page = httpx.get(f"{server}/docs")
+    assert page.status_code == 200
+    assert not re.findall(r"""(?:src|href)=["']https?://""", page.text)  # nothing from a CDN
+    for asset in re.findall(r"""(?:src|href)=["'](/[^"']+)["']""", page.text):
+        assert httpx.get(server + asset).status_code == 200, asset
+    assert "swagger-ui-bundle.js" in page.text
+
+
+def test_every_model_says_when_it_was_created(server: str) -> None:
+    http = client(server, **{"x-api-key": API_KEY})
+    assert http.post(SYNC, json=BODY).status_code == 200  # the tiny model is prepared now
+    cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+    assert all(card["created"] > 1_700_000_000 for card in cards.values()), cards
+    assert cards[MODEL]["owned_by"] == "base"
+
+
+def test_each_request_is_one_json_access_line_without_the_key(
+    server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    http = client(server, **{"authorization": f"Bearer {API_KEY}"})
+    with caplog.at_level("INFO", logger="loraflow.access"):
+        assert http.post(SYNC, json=BODY).status_code == 200
+        assert client(server).get("/v1/models").status_code == 401
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "loraflow.access"]
+    done = [x for x in lines if x["path"] == "/v1/llm/completions-sync"][-1]
+    assert done["method"] == "POST" and done["status"] == 200 and done["ms"] > 0
+    assert done["client"].startswith("127.0.0.1:") and "query" not in done
+    assert [x["status"] for x in lines if x["path"] == "/v1/models"] == [401]
+    assert API_KEY not in caplog.text and "model_endpoint_name" not in caplog.text

@@ -6,6 +6,8 @@ their registry version, aliases and metrics beyond LLM Engine's fields.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from loraflow import __version__, registry
 from loraflow.backends import framework
 from loraflow.errors import InvalidRequestError, NotFoundError
@@ -36,7 +38,19 @@ def _base(name: str) -> GetLLMEndpointResponse:
         inference_framework_tag=TAG,
         base_model=name,
         fine_tuned=False,
+        created_at=_prepared_at(name),
     )
+
+
+def _prepared_at(name: str) -> datetime:
+    """When a base model was prepared here (its weights converted or built), else when the
+    zoo that names it was written."""
+    from loraflow.models.prepare import MARKER, prepared_path
+    from loraflow.models.zoo import resolve_model, zoo_file
+
+    marker = prepared_path(resolve_model(name)) / MARKER
+    source = marker if marker.is_file() else zoo_file()
+    return datetime.fromtimestamp(source.stat().st_mtime, UTC)
 
 
 def _fine_tuned(record: ModelRecord, aliases: list[str] | None = None) -> GetLLMEndpointResponse:

@@ -45,6 +45,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
             f"  llmengine: LLM_ENGINE_BASE_PATH=http://{host}:{port}/ SCALE_API_KEY=<key>\n"
             f"  openai:    OpenAI(base_url='http://{host}:{port}/v1', api_key='<key>')"
         )
+    _log_access()
     with _exit_cleanly_on_sigterm():
         uvicorn.run(
             build(keys),
@@ -57,6 +58,20 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
             # then reads a reset (uvicorn's 5 s lost 1 of ~1,000 streams under load here)
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
+
+
+def _log_access() -> None:
+    """The access log's JSON lines on stderr, beside uvicorn's own log."""
+    import logging
+    import sys
+
+    log = logging.getLogger("loraflow.access")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 @contextmanager

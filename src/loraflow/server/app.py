@@ -11,9 +11,13 @@ import base64
 import binascii
 import contextlib
 import hmac
+import json
+import logging
+import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 
 from loraflow import __version__
 from loraflow.errors import LoraflowError
@@ -22,6 +26,7 @@ from loraflow.server.errors import PayloadTooLarge, Unauthorized, error_response
 
 UPLOAD_PATHS = ("/v1/files",)
 OPEN_PATHS = ("/healthz", "/healthcheck", "/readyz")
+access_log = logging.getLogger("loraflow.access")
 SECURITY_SCHEMES = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
     "basic": {"type": "http", "scheme": "basic", "description": "the key as the username"},
@@ -111,6 +116,40 @@ class BodyLimit:
                 await _reject(send, refusal)
 
 
+class AccessLog:
+    """ASGI middleware: one JSON line a request on the ``loraflow.access`` logger: method,
+    path (without the query), status, milliseconds to the end of the response (a stream's
+    whole length) and the client's address. Never a header or a body, so never a key."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("", 0)
+            line = {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+                "client": f"{client[0]}:{client[1]}",
+            }
+            access_log.info(json.dumps(line))
+
+
 async def _reject(send: Any, message: str) -> None:
     response = error_response(413, message)
     await send(
@@ -138,7 +177,8 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
     def authorize(request: Request) -> None:
         keys.check(request)
 
-    app = FastAPI(title="loraflow", version=__version__, docs_url="/docs", redoc_url=None)
+    # /docs with Swagger UI's files served from the package: it works with no internet
+    app = FastAPIOffline(title="loraflow", version=__version__, docs_url="/docs", redoc_url=None)
     install_errors(app)
     protected = [Depends(authorize)]
     app.include_router(llmengine.router, dependencies=protected)
@@ -164,6 +204,7 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
     _metrics(app, protected)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     settings = get_settings()
+    app.add_middleware(AccessLog)
     app.add_middleware(
         BodyLimit,
         upload_limit=max_upload_bytes or settings.max_upload_bytes,
