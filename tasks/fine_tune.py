@@ -48,6 +48,7 @@ class PrefectReporter:
         self.artifact = ProgressArtifact(job_id, logger) if flow_run_id else None
 
     def begin(self, total_steps: int) -> None:
+        self.logger.info(f"training: {total_steps} steps")  # FineTune.progress reads this
         if self.artifact:
             self.artifact.begin(total_steps)
         if self.progress:

@@ -19,6 +19,8 @@ from mlflow.pyfunc import PythonModel
 from loraflow.settings import Settings, get_settings
 
 EXPERIMENT = "loraflow-fine-tunes"
+# the MLflow UI opens a model-training experiment on its runs, not on an empty GenAI overview
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 BASE_REF = "base_model.json"
 PIP_REQUIREMENTS = ["loraflow", "torch==2.13.0", "transformers==5.23.*", "peft==0.21.*"]
 
@@ -38,11 +40,22 @@ def configure(settings: Settings | None = None) -> str:
     found = mlflow.get_experiment_by_name(EXPERIMENT)
     if found is not None:
         mlflow.set_experiment(experiment_id=found.experiment_id)
+        if found.tags.get(KIND_TAG) != KIND:
+            mlflow.set_experiment_tag(KIND_TAG, KIND)
         return found.experiment_id
     location = settings.storage_url.rstrip("/") + "/mlflow-artifacts"
-    experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    experiment_id = mlflow.create_experiment(
+        EXPERIMENT, artifact_location=location, tags={KIND_TAG: KIND}
+    )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def run_url(run_id: str, ui: str) -> str:
+    """The run's page in the MLflow UI at ``ui`` (a tracking server, or the stack's UI)."""
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    where = experiment.experiment_id if experiment else "0"
+    return f"{ui.rstrip('/')}/#/experiments/{where}/runs/{run_id}"
 
 
 def code_version() -> str:

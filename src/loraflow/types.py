@@ -28,6 +28,7 @@ __all__ = [
     "CreateFineTuneResponse",
     "DeleteFileResponse",
     "DeleteLLMEndpointResponse",
+    "FineTuneProgress",
     "FineTuneStatus",
     "GenerateOutput",
     "GenerationStatistics",
@@ -170,6 +171,26 @@ class GetFineTuneResponse(BaseModel):
     id: str
     fine_tuned_model: str | None = None
     status: FineTuneStatus
+
+
+class FineTuneProgress(BaseModel):
+    """How far a fine-tune has come: its step of all, epoch, latest losses, an estimate of the
+    time left, and where to watch it (Prefect's UI, MLflow). Not in LLM Engine's client."""
+
+    id: str
+    status: FineTuneStatus
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    eta_seconds: float | None = Field(None, description="at the pace of the steps so far")
+    prefect_url: str | None = None
+    mlflow_run_id: str | None = None
+    mlflow_url: str | None = None
+    history: list[dict[str, float]] = Field(
+        default_factory=list, description="every step's metrics line, in order"
+    )
 
 
 class ListFineTunesResponse(BaseModel):

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from typer.testing import CliRunner
 
 from loraflow import Completion, FineTune, InvalidRequestError, Model, NotFoundError
+from loraflow.cli import app
 from loraflow.errors import LoraflowError
 from loraflow.integrations import aixplain
 from loraflow.settings import reset
@@ -88,6 +90,14 @@ def FineTune_upload(path: Path) -> str:
     from loraflow import File
 
     return File.upload(path).id
+
+
+def flow_run_id(job_id: str) -> object:
+    from loraflow.jobs import prefect_client
+
+    with prefect_client() as client:
+        runs = client.read_flow_runs()
+    return next(r.id for r in runs if r.name == job_id)
 
 
 def messages(job_id: str) -> list[str]:
@@ -181,6 +191,23 @@ def test_fine_tune_runs_to_success_with_events_tracking_and_outputs(
     assert model.registered_model == "tiny-llama-test.support" and model.version >= 1
     assert Model.get(f"tiny-llama-test.support/{model.version}").name == done.fine_tuned_model
     assert Completion.create(done.fine_tuned_model, "How do I do thing 3?", 8, 0).output.text
+
+    # the shell's view: progress in `get`, every event, `wait` on an ended job
+    progress = FineTune.progress(job.id)
+    assert (progress.status, progress.step, progress.total_steps) == ("SUCCESS", 18, 18)
+    assert progress.epoch == 2.0 and progress.loss == pytest.approx(history[-1].value, abs=1e-6)
+    assert progress.eval_loss is not None and progress.eta_seconds is None
+    assert progress.mlflow_run_id == record["mlflow_run_id"] and len(progress.history) == 18
+    assert progress.prefect_url and progress.prefect_url.endswith(str(flow_run_id(job.id)))
+    cli = CliRunner()
+    shown = json.loads(cli.invoke(app, ["fine-tunes", "get", job.id]).stdout)
+    assert shown["fine_tuned_model"] == done.fine_tuned_model and shown["step"] == 18
+    assert shown["mlflow_run_id"] == record["mlflow_run_id"]
+    followed = cli.invoke(app, ["fine-tunes", "events", job.id, "--follow"])
+    assert followed.exit_code == 0 and "training: 18 steps" in followed.stdout
+    assert followed.stdout.count("{'loss'") == 18
+    waited = cli.invoke(app, ["fine-tunes", "wait", job.id])
+    assert waited.exit_code == 0 and f"{job.id}: SUCCESS" in waited.stdout
 
     # aiXplain's view of the same job: its model, status and losses, latest or after an epoch
     handle = aixplain.LLM.from_fine_tune(job.id)
@@ -294,7 +321,10 @@ def test_cancel_checkpoints_and_ends_cancelled(
     job = FineTune.create(
         "tiny-llama-test", training_file, hyperparameters={**TINY, "epochs": 19, "batch_size": 1}
     )
-    wait_for_event(job.id, r"^\{'loss'")
+    wait_for_event(job.id, r"^\{'loss'.*'step': [3-9]")
+    running = FineTune.progress(job.id)  # mid-run: where it is, and an estimate of the rest
+    assert running.status == "RUNNING" and running.total_steps == 19 * 36
+    assert running.step is not None and running.step >= 3 and running.eta_seconds is not None
     assert FineTune.cancel(job.id).success is True
     done = FineTune.wait(job.id, timeout=60)
     assert done.status == "CANCELLED"

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from loraflow.cli._app import ID_COLUMN, app, handle_errors, out, prefect
+from loraflow.cli._app import ID_COLUMN, app, err, handle_errors, out, prefect
 
+FOLLOW_SECONDS = 2.0  # between reads of a running job's events or progress
 ft_app = typer.Typer(help="Fine-tune jobs: create, get, list, events, wait, cancel, resume.")
 app.add_typer(ft_app, name="fine-tunes")
 
@@ -45,11 +46,14 @@ def ft_create(
 @ft_app.command("get")
 @handle_errors
 def ft_get(job_id: str) -> None:
-    """Show a job's status and output model."""
+    """Show a job's status, output model, progress (step of all, epoch, latest losses, time
+    left) and its Prefect and MLflow pages, as JSON."""
     from loraflow import FineTune
 
     with prefect():
-        out.print_json(FineTune.get(job_id).model_dump_json())
+        job = FineTune.get(job_id)
+        progress = FineTune.progress(job_id).model_dump(exclude={"history", "id", "status"})
+    out.print_json(json.dumps(job.model_dump() | progress))
 
 
 @ft_app.command("list")
@@ -67,16 +71,31 @@ def ft_list() -> None:
 
 @ft_app.command("events")
 @handle_errors
-def ft_events(job_id: str) -> None:
+def ft_events(
+    job_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends.")
+    ] = False,
+) -> None:
     """Print a job's events: state changes, lifecycle messages, metrics a step."""
+    import time
     from datetime import datetime
 
     from loraflow import FineTune
+    from loraflow.jobs import ENDED
 
+    shown = 0
     with prefect():
-        for event in FineTune.get_events(job_id).events:
-            when = datetime.fromtimestamp(event.timestamp or 0).strftime("%H:%M:%S")
-            out.print(f"{when} {event.level:7} {event.message}", highlight=False, markup=False)
+        while True:
+            ended = FineTune.get(job_id).status in ENDED  # before reading: nothing comes after
+            events = FineTune.get_events(job_id).events
+            for event in events[shown:]:
+                when = datetime.fromtimestamp(event.timestamp or 0).strftime("%H:%M:%S")
+                out.print(f"{when} {event.level:7} {event.message}", highlight=False, markup=False)
+            shown = len(events)
+            if not follow or ended:
+                return
+            time.sleep(FOLLOW_SECONDS)
 
 
 @ft_app.command("wait")
@@ -85,11 +104,43 @@ def ft_wait(
     job_id: str,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
-    """Wait for a job to end; exit 0 on SUCCESS, 1 otherwise."""
-    from loraflow import FineTune
+    """Wait for a job to end, showing its progress; exit 0 on SUCCESS, 1 otherwise."""
+    import time
 
-    with prefect():
-        _exit_with(FineTune.wait(job_id, timeout=timeout))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from loraflow import FineTune
+    from loraflow.errors import LoraflowError
+    from loraflow.jobs import ENDED
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+    )
+    with prefect(), Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(job_id, total=None, detail="waiting to start")
+        while (now := FineTune.progress(job_id)).status not in ENDED:
+            bar.update(task, total=now.total_steps, completed=now.step or 0, detail=_detail(now))
+            if deadline is not None and time.monotonic() > deadline:
+                raise LoraflowError(f"{job_id} is still {now.status} after {timeout} s")
+            time.sleep(FOLLOW_SECONDS)
+    _exit_with(FineTune.get(job_id))
+
+
+def _detail(now: Any) -> str:
+    """loss 1.234, eval 1.300, epoch 1.5, 2m10s left"""
+    if now.step is None:
+        return now.status.lower()
+    parts = [f"loss {now.loss:.3f}" if now.loss is not None else ""]
+    parts.append(f"eval {now.eval_loss:.3f}" if now.eval_loss is not None else "")
+    parts.append(f"epoch {now.epoch:.2f}" if now.epoch is not None else "")
+    if now.eta_seconds is not None:
+        minutes, seconds = divmod(int(now.eta_seconds), 60)
+        parts.append(f"{minutes}m{seconds:02d}s left")
+    return ", ".join(p for p in parts if p)
 
 
 @ft_app.command("cancel")

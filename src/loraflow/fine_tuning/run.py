@@ -86,6 +86,7 @@ def run_fine_tune(
     prefix = f"fine-tunes/{job_id}"
     with mlflow.start_run(run_id=_mlflow_run(job_id), run_name=job_id) as run:
         mlflow.set_tags({"loraflow.job_id": job_id, "loraflow.fine_tuned_model": name, **tags})
+        reporter.event(f"tracking in MLflow run {run.info.run_id}")  # FineTune.progress reads it
         commit = tracking.code_version()
         mlflow.log_params(
             tracking.flatten(

@@ -14,7 +14,6 @@ works from any machine that reaches the server.
 
 from __future__ import annotations
 
-import ast
 import logging
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow.errors import LoraflowError
 from loraflow.integrations.client import InProcess, Remote, Reply, Request, Sampling, connect
+from loraflow.sdk.fine_tune import metrics_of
 
 log = logging.getLogger("loraflow.integrations.aixplain")
 LOCAL = "loraflow:runs/"  # poll URLs of runs in this process
@@ -294,12 +294,12 @@ class LLM:
         job = self._fine_tune(self.client, self.finetune_id)
         if isinstance(self.client, Remote):
             events = self.client.get(f"/v1/llm/fine-tunes/{self.finetune_id}/events")["events"]
-            messages = [e["message"] for e in events]
+            found = (metrics_of(e["message"]) for e in events)
+            steps = [m for m in found if m is not None and "epoch" in m]
         else:
             from loraflow.sdk import FineTune
 
-            messages = [e.message for e in FineTune.get_events(self.finetune_id).events]
-        steps = [m for m in map(_metrics, messages) if m is not None and "epoch" in m]
+            steps = [m for m in FineTune.progress(self.finetune_id).history if "epoch" in m]
         if after_epoch is not None:
             steps = [m for m in steps if m["epoch"] > after_epoch]
         chosen = (steps[:1] if after_epoch is not None else steps[-1:]) or [{}]
@@ -314,14 +314,3 @@ class LLM:
             training_loss=trained[pick] if trained else None,
             validation_loss=evaluated[pick] if evaluated else None,
         )
-
-
-def _metrics(message: str) -> dict[str, Any] | None:
-    """A fine-tune's metrics line (a dict of numbers), else None."""
-    if not message.startswith("{"):
-        return None
-    try:
-        value = ast.literal_eval(message)
-    except (ValueError, SyntaxError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -6,7 +6,9 @@ id, so every job is visible (and cancellable) in the Prefect UI too.
 
 from __future__ import annotations
 
+import ast
 import logging
+import re
 from typing import Any
 
 from loraflow import jobs
@@ -24,6 +26,7 @@ from loraflow.jobs import cancel_job_run, find_job_run, prefect_client, start_jo
 from loraflow.sdk.types import (
     CancelFineTuneResponse,
     CreateFineTuneResponse,
+    FineTuneProgress,
     GetFineTuneEventsResponse,
     GetFineTuneResponse,
     ListFineTunesResponse,
@@ -121,6 +124,62 @@ class FineTune:
             )
 
     @classmethod
+    def progress(cls, fine_tune_id: str) -> FineTuneProgress:
+        """How far a job has come: step of all, epoch, latest losses, an estimate of the time
+        left, and its Prefect and MLflow pages. Not in LLM Engine's client."""
+        from prefect.settings import PREFECT_UI_URL
+
+        from loraflow import tracking
+        from loraflow.settings import get_settings
+
+        with _client() as client:
+            run = _run(client, fine_tune_id)
+        status = jobs.fine_tune_status(run.state)
+        history: list[dict[str, float]] = []
+        times: list[float] = []
+        total = run_id = None
+        for event in cls.get_events(fine_tune_id).events:
+            if (values := metrics_of(event.message)) is not None:
+                history.append(values)
+                times.append(event.timestamp or 0.0)
+            elif found := re.match(r"training: (\d+) steps", event.message):
+                total = int(found.group(1))  # a resumed run says it again: the last counts
+            elif found := re.search(r"MLflow run ([0-9a-f]{32})", event.message):
+                run_id = found.group(1)
+        last = history[-1] if history else {}
+        evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+        eta = None
+        if (
+            status == "RUNNING"
+            and total
+            and len(history) >= 2
+            and history[-1]["step"] > history[0]["step"]
+        ):
+            pace = (times[-1] - times[0]) / (history[-1]["step"] - history[0]["step"])
+            eta = max(total - history[-1]["step"], 0) * pace
+        ui = PREFECT_UI_URL.value()
+        settings = get_settings()
+        mlflow_ui = (
+            settings.tracking_uri
+            if settings.tracking_uri.startswith("http")
+            else jobs.stack_url(settings, "mlflow")
+        )
+        return FineTuneProgress(
+            id=fine_tune_id,
+            status=status,
+            step=int(last["step"]) if "step" in last else None,
+            total_steps=total,
+            epoch=last.get("epoch"),
+            loss=next((h["loss"] for h in reversed(history) if "loss" in h), None),
+            eval_loss=evals[-1] if evals else None,
+            eta_seconds=eta,
+            prefect_url=f"{ui}/runs/flow-run/{run.id}" if ui else None,
+            mlflow_run_id=run_id,
+            mlflow_url=tracking.run_url(run_id, mlflow_ui) if run_id and mlflow_ui else None,
+            history=history,
+        )
+
+    @classmethod
     def get_events(cls, fine_tune_id: str) -> GetFineTuneEventsResponse:
         """The job's state changes and log: lifecycle messages and one line of metrics a step."""
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -191,3 +250,17 @@ class FineTune:
             else:
                 client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
             return _response(client.read_flow_run(run.id))
+
+
+def metrics_of(message: str) -> dict[str, float] | None:
+    """A fine-tune event's metrics (a step's line: ``{'loss': ..., 'epoch': ..., 'step': ...}``),
+    or None for any other event."""
+    if not message.startswith("{"):
+        return None
+    try:
+        value = ast.literal_eval(message)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(value, dict) or "step" not in value:
+        return None
+    return {k: float(v) for k, v in value.items() if isinstance(v, int | float)}
