@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from loraflow.settings import Settings, get_settings
@@ -133,19 +134,21 @@ def log_loss_curve(history: list[dict[str, float]]) -> None:
 
 
 class AdapterModel(PythonModel):
-    """An MLflow pyfunc: a LoRA adapter applied to its base model, greedy completion in predict."""
+    """An MLflow pyfunc: a LoRA adapter applied to its base model, greedy completion in predict.
+
+    ``model_input`` is annotated as the DataFrame MLflow passes (a list of prompts works too):
+    without a hint MLflow warns, in raw ANSI colours, on every import of this module.
+    """
 
     def load_context(self, context: Any) -> None:
         self.model, self.tokenizer = load_adapter(Path(context.artifacts["adapter"]))
 
-    def predict(self, context, model_input, params=None):
-        if hasattr(
-            model_input, "columns"
-        ):  # MLflow passes a DataFrame: "prompt" or the only column
-            column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
-            model_input = model_input[column]
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[str]:
+        prompts: Any = model_input
+        if hasattr(prompts, "columns"):  # a DataFrame: "prompt" or the only column
+            prompts = prompts["prompt" if "prompt" in prompts.columns else prompts.columns[0]]
         max_new = int((params or {}).get("max_new_tokens", 64))
-        return greedy_answers(self.model, self.tokenizer, [str(p) for p in model_input], max_new)
+        return greedy_answers(self.model, self.tokenizer, [str(p) for p in prompts], max_new)
 
 
 def greedy_answers(
