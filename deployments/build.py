@@ -169,6 +169,29 @@ def apply(path: Path | None = None) -> list[str]:
     return [d.full_name for d in built]
 
 
+def live_schedules(path: Path | None = None) -> list[str]:
+    """A line for each active schedule in the deployments config: which deployment, when,
+    and how to pause it."""
+    path = path or default_path()
+    lines = []
+    for name, spec in load(path).deployments.items():
+        for schedule in spec.schedules:
+            if not schedule.active:
+                continue
+            when = (
+                f"cron {schedule.cron!r} ({schedule.timezone})"
+                if schedule.cron
+                else f"every {schedule.interval_seconds:g} s"
+            )
+            full = f"{name}/{DEPLOYMENT_NAME}"
+            lines.append(
+                f"schedule: {full} runs by itself, {when}; pause it with "
+                f"`prefect deployment schedule pause {full} --all` (or `active: false` in "
+                f"{path.name}, then `loraflow deploy`)"
+            )
+    return lines
+
+
 def drop_schedules(client: Any, deployment_id: Any) -> None:
     """Remove a deployment's schedules (applying a deployment without any keeps the old)."""
     for schedule in client.read_deployment_schedules(deployment_id):

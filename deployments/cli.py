@@ -189,7 +189,11 @@ def _apply(api_url: str) -> None:
 
 
 def _print_applied(names: list[str]) -> None:
+    from deployments.build import live_schedules
+
     out.print("deployments: " + ", ".join(names), highlight=False)
+    for line in live_schedules():
+        out.print(line, highlight=False, markup=False)
 
 
 def _ui(flow_run_id: Any) -> str:

@@ -79,3 +79,18 @@ def test_bad_deployment_configs_name_the_file_and_field(tmp_path: Path) -> None:
         load(path)
     with pytest.raises(ConfigError, match="not found"):
         load(tmp_path / "missing.yaml")
+
+
+def test_live_schedules_say_when_they_run_and_how_to_pause_them(tmp_path: Path) -> None:
+    from deployments.build import default_path, live_schedules
+
+    (line,) = live_schedules()
+    assert line.startswith("schedule: retrain/loraflow runs by itself, cron '0 2 * * *' (UTC)")
+    assert "prefect deployment schedule pause retrain/loraflow --all" in line
+    config = yaml.safe_load(default_path().read_text())
+    config["deployments"]["retrain"]["schedules"][0]["active"] = False
+    for name in ("ingest.yaml", "retrain.yaml"):
+        (tmp_path / name).write_text((default_path().parent / name).read_text())
+    paused = tmp_path / "deployments.yaml"
+    paused.write_text(yaml.safe_dump(config))
+    assert live_schedules(paused) == []
