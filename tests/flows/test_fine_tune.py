@@ -258,7 +258,7 @@ def test_distilabel_offline_batch_generation_runs_as_a_batch_job(
     from distilabel.steps import LoadDataFromDicts
     from distilabel.steps.tasks import TextGeneration
 
-    from loraflow.integrations.distilabel import LoraflowLLM
+    from loraflow.integrations.distilabel import LoraflowLLM, root_logging_kept
 
     prompts = ["Hi", "Where is my order?", "Thanks"]
     greedy = {"max_new_tokens": 5, "temperature": 0.0}
@@ -287,7 +287,8 @@ def test_distilabel_offline_batch_generation_runs_as_a_batch_job(
             offline_batch_generation_block_until_done=1,
         )
         load >> TextGeneration(llm=offline, num_generations=2, group_generations=True)
-    rows = pipeline.run(use_cache=False)["default"]["train"].to_list()
+    with root_logging_kept():  # the run takes the root logger over (see there)
+        rows = pipeline.run(use_cache=False)["default"]["train"].to_list()
     assert [r["generation"] for r in rows] == [e.generations for e in expected]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from logging.handlers import QueueHandler
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from distilabel.steps import LoadDataFromDicts
 from distilabel.steps.tasks import TextGeneration
 
 from loraflow import Completion, NotFoundError
-from loraflow.integrations.distilabel import LoraflowLLM
+from loraflow.integrations.distilabel import LoraflowLLM, root_logging_kept
 
 MODEL = "tiny-llama-test"
 GREEDY = {"max_new_tokens": 6, "temperature": 0.0}
@@ -51,7 +53,9 @@ def test_a_distilabel_pipeline_generates_twice_per_row(tmp_path: Path) -> None:
             group_generations=True,
         )
         load >> generate
-    distiset = pipeline.run(use_cache=False)
+    with root_logging_kept():
+        distiset = pipeline.run(use_cache=False)
+    assert not any(isinstance(h, QueueHandler) for h in logging.getLogger().handlers)
     rows = distiset["default"]["train"].to_list()
     assert [r["instruction"] for r in rows] == INSTRUCTIONS
     for row in rows:

@@ -5,10 +5,15 @@ time, asyncio); each output carries per-generation ``statistics`` (input and out
 With ``use_offline_batch_generation=True`` the inputs become a loraflow batch job: the first
 call submits it and keeps its id in ``jobs_ids``, later calls raise distilabel's
 not-finished exception until the job completes, then return its results in input order.
+
+``root_logging_kept()`` puts back the logging a pipeline's run takes over (see there).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from distilabel.exceptions import DistilabelOfflineBatchGenerationNotFinishedException
@@ -21,6 +26,23 @@ if TYPE_CHECKING:
     from distilabel.typing import FormattedInput, GenerateOutput
 
 WAITING = ("queued", "running")
+
+
+@contextmanager
+def root_logging_kept() -> Iterator[None]:
+    """Run a distilabel pipeline inside this to keep the process's logging as it was.
+
+    A pipeline's ``run`` replaces the root logger's handlers with a queue handler for its
+    step processes and leaves it behind when it ends; later log records in this process
+    (a loraflow flow's, a test's) then fail on the closed queue, recursively under Prefect.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def _input(chat: Any) -> str | list[dict[str, str]]:
