@@ -123,7 +123,10 @@ def parameters(name: str, spec: DeploymentConfig, folder: Path) -> dict[str, Any
     """The deployment's parameters: its YAML file checked against the flow's config model."""
     model = config_model(flow_of(name))
     if spec.parameters is None:
-        return {"config": model().model_dump(mode="json")}
+        try:
+            return {"config": model().model_dump(mode="json")}
+        except ValidationError:  # a required field (a fine-tune's training file): none
+            return {}
     path = folder / spec.parameters
     try:
         return {"config": model.model_validate(read_yaml(path)).model_dump(mode="json")}

@@ -27,7 +27,7 @@ from tasks.registry import register_model
 
 
 @flow(name=FLOW_NAME, log_prints=True)
-def fine_tune(config: FineTuneRequest = FineTuneRequest()) -> Any:  # noqa: B008
+def fine_tune(config: FineTuneRequest) -> Any:
     """Check the request, prepare the base model, train, register; returns the ModelRecord,
     or CANCELLED if cancelled."""
     job_id = job_identity(JOB_IDS, TAG)

@@ -33,6 +33,9 @@ def test_every_flow_is_deployed_from_the_configs() -> None:
     assert retrain.parameters["config"]["suffix"] == on_disk["suffix"]
     for name, deployment in built.items():
         model = config_model(flow_of(name))
+        if name == "fine-tune":  # its training file is the caller's: no default run
+            assert "config" not in deployment.parameters
+            continue
         assert model.model_validate(deployment.parameters["config"])  # the run validates it
 
 
@@ -45,13 +48,28 @@ def test_the_ui_form_has_a_default_for_every_field(name: str) -> None:
     [deployment] = [d for d in build() if d.flow_name == name]
     schema = deployment._parameter_openapi_schema.model_dump()
     assert list(schema["properties"]) == ["config"]  # one pydantic model per flow
-    assert "default" in schema["properties"]["config"]
     models = _models(schema)
     assert config_model(flow_of(name)).__name__ in models
+    required = {f"{m}.{f}" for m, body in models.items() for f in body.get("required", [])}
+    assert required == REQUIRED.get(name, set()), name  # what the form insists on
+    assert ("default" in schema["properties"]["config"]) == (not required)
     for model, body in models.items():
         for field, spec in body["properties"].items():
-            assert "default" in spec, f"{name}: {model}.{field} shows empty in the UI form"
+            shown = "default" in spec or f"{model}.{field}" in required
+            assert shown, f"{name}: {model}.{field} shows empty in the UI form"
             assert spec.get("description"), f"{name}: {model}.{field} has no description"
+
+
+REQUIRED = {"fine-tune": {"FineTuneRequest.training_file"}}  # the rest is pre-filled
+
+
+def test_the_fine_tune_form_shows_each_hyperparameter_with_its_default() -> None:
+    [deployment] = [d for d in build() if d.flow_name == "fine-tune"]
+    models = _models(deployment._parameter_openapi_schema.model_dump())
+    fields = models["Hyperparameters"]["properties"]
+    assert fields["epochs"]["default"] == 5 and fields["lr"]["default"] == 2e-3
+    assert "Passes over the training data" in fields["epochs"]["description"]
+    assert "$ref" in str(models["FineTuneRequest"]["properties"]["hyperparameters"])
 
 
 def test_bad_deployment_configs_name_the_file_and_field(tmp_path: Path) -> None:

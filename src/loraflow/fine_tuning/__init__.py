@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -29,9 +28,15 @@ class FineTuneRequest(BaseModel):
     """A checked fine-tune request, as the flow receives it."""
 
     model: str = Field("smollm2-135m-instruct", description="Base model: zoo name, hub id or path.")
-    training_file: str = Field("", description="File id of the training data (file-...).")
+    training_file: str = Field(
+        min_length=1, description="File id of the training data (file-...); required."
+    )
     validation_file: str | None = Field(None, description="File id of validation data, if any.")
-    hyperparameters: dict[str, Any] = Field({}, description="LLM Engine hyperparameters.")
+    hyperparameters: Hyperparameters = Field(
+        Hyperparameters(),
+        description="Learning rate, epochs, batch size, LoRA settings, ...; each field says "
+        "its default.",
+    )
     suffix: str | None = Field(None, description="Up to 28 letters, digits or dashes.")
     fine_tuned_model: str | None = Field(None, description="Output model name; set by create.")
 

@@ -32,6 +32,7 @@ from loraflow.sdk.types import (
     ListFineTunesResponse,
     LLMFineTuneEvent,
 )
+from loraflow.training.hyperparameters import parse_hyperparameters
 
 LOG_PAGE = 200
 
@@ -87,13 +88,13 @@ class FineTune:
             model=model,
             training_file=training_file,
             validation_file=validation_file,
-            hyperparameters=hyperparameters or {},
+            hyperparameters=parse_hyperparameters(hyperparameters),  # errors name the field
             suffix=suffix,
         )
         checked = check_request(request)
         request.fine_tuned_model = model_name(checked.spec.name, suffix)
         job_id = JOB_IDS.new()
-        start_job(FLOW_NAME, {"config": request.model_dump()}, job_id, TAG)
+        start_job(FLOW_NAME, {"config": request.model_dump(mode="json")}, job_id, TAG)
         return CreateFineTuneResponse(id=job_id)
 
     @classmethod

@@ -101,7 +101,7 @@ def _lora_value(key: str, raw: Any, kind: type, low: float | None, high: float |
     return value
 
 
-def parse_hyperparameters(raw: dict[str, Any] | None) -> Hyperparameters:
+def parse_hyperparameters(raw: dict[str, Any] | Hyperparameters | None) -> Hyperparameters:
     """Validate user hyperparameters; InvalidRequestError names each bad field and the fix."""
     try:
         return Hyperparameters.model_validate(raw or {})
