@@ -239,3 +239,16 @@ def test_each_request_is_one_json_access_line_without_the_key(
     assert done["client"].startswith("127.0.0.1:") and "query" not in done
     assert [x["status"] for x in lines if x["path"] == "/v1/models"] == [401]
     assert API_KEY not in caplog.text and "model_endpoint_name" not in caplog.text
+
+
+def test_each_app_counts_its_own_requests_when_a_process_builds_several() -> None:
+    from fastapi.testclient import TestClient
+
+    from loraflow.server import build
+
+    build([API_KEY])  # an earlier app in this process (a test's, a restarted server's)
+    with TestClient(build([API_KEY])) as later:
+        assert later.get("/v1/models", headers={"x-api-key": API_KEY}).status_code == 200
+        text = later.get("/metrics", headers={"x-api-key": API_KEY}).text
+    assert 'http_requests_total{handler="/v1/models",method="GET",status="2xx"} 1.0' in text
+    assert "loraflow_generated_tokens" in text  # the process's metrics follow the app's

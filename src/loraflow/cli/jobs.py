@@ -127,7 +127,7 @@ def ft_wait(
             if deadline is not None and time.monotonic() > deadline:
                 raise LoraflowError(f"{job_id} is still {now.status} after {timeout} s")
             time.sleep(FOLLOW_SECONDS)
-    _exit_with(FineTune.get(job_id))
+        _exit_with(FineTune.get(job_id))  # inside: the stack's Prefect API, when it runs
 
 
 def _detail(now: Any) -> str:

@@ -214,16 +214,24 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
 
 
 def _metrics(app: FastAPI, protected: list[Any]) -> None:
-    """``/metrics`` for Prometheus (the key as a bearer token in the scrape config): HTTP
-    requests by route and status with latency histograms, and loraflow's own
-    (``loraflow.metrics``: tokens, completions, time to first token, queue depth, batch size)."""
+    """``/metrics`` for Prometheus (the key as a bearer token in the scrape config): this app's
+    HTTP requests by route and status with latency histograms (a registry of its own: one
+    process may build several apps), then the process's: loraflow's (``loraflow.metrics``:
+    tokens, completions, time to first token, queue depth, batch size), Python's."""
+    from fastapi import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_fastapi_instrumentator import Instrumentator
 
     import loraflow.metrics  # noqa: F401 - registers loraflow's metrics before the first scrape
 
-    Instrumentator(excluded_handlers=["/metrics", *OPEN_PATHS]).instrument(app).expose(
-        app, include_in_schema=False, dependencies=protected
-    )
+    http = CollectorRegistry()
+    excluded = ["/metrics", "/docs", *OPEN_PATHS]
+    Instrumentator(excluded_handlers=excluded, registry=http).instrument(app)
+
+    @app.get("/metrics", include_in_schema=False, dependencies=protected)
+    def metrics() -> Response:
+        body = generate_latest(http) + generate_latest(REGISTRY)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
