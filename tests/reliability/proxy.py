@@ -21,7 +21,7 @@ class CuttableProxy:
         self.sent_downstream = 0
         self.outages = 0
         self._trip: Callable[[bytes, bool], bool] | None = None
-        self._hook: Callable[[bytes, bool], bool] | None = None
+        self._hook: Callable[[bytes, bool], bytes] | None = None
         self._outage = 0.0
         self._down = threading.Event()
         self._lock = threading.Lock()
@@ -59,16 +59,29 @@ class CuttableProxy:
         """When a request's bytes hold ``marker`` (a key, say), cut storage off for ``outage`` s."""
         self._arm(lambda chunk, upstream: upstream and marker in chunk, outage)
 
-    def when(self, marker: bytes, action: Callable[[], None], upstream: bool = False) -> None:
+    def when(
+        self, marker: bytes, action: Callable[[], None], upstream: bool = False, hold: bool = False
+    ) -> None:
         """Run ``action`` once, before passing on the first chunk that holds ``marker`` going
-        that way (downstream by default: what the server answers)."""
+        that way (downstream by default: what the server answers). With ``hold``, pass on that
+        chunk only to the end of the line holding the marker's event (its blank line), and
+        nothing more that way after it: a slow proxy thread that reads a whole answer at once
+        still lets the client see exactly one event."""
         fired = threading.Event()
 
-        def trip(chunk: bytes, going_up: bool) -> bool:
-            if going_up == upstream and marker in chunk and not fired.is_set():
-                fired.set()
-                action()
-            return False
+        def trip(chunk: bytes, going_up: bool) -> bytes:
+            if going_up != upstream:
+                return chunk
+            if fired.is_set():
+                return b"" if hold else chunk
+            if marker not in chunk:
+                return chunk
+            fired.set()
+            action()
+            if not hold:
+                return chunk
+            end = chunk.find(b"\n\n", chunk.index(marker))
+            return chunk if end < 0 else chunk[: end + 2]
 
         with self._lock:
             self._hook = trip
@@ -89,11 +102,10 @@ class CuttableProxy:
         timer.daemon = True
         timer.start()
 
-    def _before(self, chunk: bytes, upstream: bool) -> None:
+    def _before(self, chunk: bytes, upstream: bool) -> bytes:
         with self._lock:
             hook = self._hook
-        if hook is not None:
-            hook(chunk, upstream)
+        return chunk if hook is None else hook(chunk, upstream)
 
     def close(self) -> None:
         self.cut()
@@ -121,7 +133,7 @@ class CuttableProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         try:
             while chunk := source.recv(1 << 16):
-                self._before(chunk, upstream)
+                chunk = self._before(chunk, upstream)
                 sink.sendall(chunk)
                 with self._lock:
                     if upstream:

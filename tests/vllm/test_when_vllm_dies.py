@@ -29,14 +29,15 @@ def test_a_dead_vllm_fails_requests_with_503_and_is_started_again(
     from loraflow import vllm
 
     assert httpx.get(f"{server}/readyz").status_code == 200
-    # vLLM is frozen the moment its first token passes a proxy, so the stream cannot finish
-    # before the kill lands (the tiny model makes 900 tokens in about a second)
+    # vLLM is frozen the moment its first token passes a proxy, and the proxy passes on that
+    # one event only, so the stream cannot finish before the kill lands (the tiny model makes
+    # 900 tokens in about a second: a proxy thread starved that long read them all at once)
     group = vllm_tiny.proc.pid  # type: ignore[attr-defined]
     proxy = CuttableProxy(urlsplit(vllm_tiny.url).port)  # type: ignore[attr-defined]
     monkeypatch.setenv("LORAFLOW_SERVING__VLLM_URL", proxy.url)
     settings_module.reset()
     vllm._BACKENDS.clear()
-    proxy.when(b"data:", lambda: os.killpg(group, signal.SIGSTOP))
+    proxy.when(b"data:", lambda: os.killpg(group, signal.SIGSTOP), hold=True)
     stream = Completion.create(TINY, "Tell me everything", max_new_tokens=900, stream=True)
     first = next(stream)
     assert first.output is not None and not first.output.finished
