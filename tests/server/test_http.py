@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import httpx
 import pytest
@@ -230,10 +231,18 @@ def test_each_request_is_one_json_access_line_without_the_key(
     server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     http = client(server, **{"authorization": f"Bearer {API_KEY}"})
+
+    def logged() -> list[dict[str, object]]:
+        return [json.loads(r.getMessage()) for r in caplog.records if r.name == "loraflow.access"]
+
     with caplog.at_level("INFO", logger="loraflow.access"):
         assert http.post(SYNC, json=BODY).status_code == 200
         assert client(server).get("/v1/models").status_code == 401
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "loraflow.access"]
+        # a line is written once the response has gone: the client may read it first
+        deadline = time.monotonic() + 10
+        while len(logged()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = logged()
     done = [x for x in lines if x["path"] == "/v1/llm/completions-sync"][-1]
     assert done["method"] == "POST" and done["status"] == 200 and done["ms"] > 0
     assert done["client"].startswith("127.0.0.1:") and "query" not in done
