@@ -207,8 +207,9 @@ class JobCancelled(Exception):
 
 def store_inputs(job_id: str, inputs: Sequence[str | list[dict[str, str]]]) -> str:
     """Store prompts and chats given inline as the job's JSONL input; returns its location."""
-    if isinstance(inputs, str) or not isinstance(inputs, Sequence) or not inputs:
-        raise InvalidRequestError("inputs: send a non-empty list of prompts or message lists")
+    from loraflow.completion import check_inputs
+
+    check_inputs(inputs)
     lines = [json.dumps({"prompt": x} if isinstance(x, str) else {"messages": x}) for x in inputs]
     get_store().put(_inputs_key(job_id), ("\n".join(lines) + "\n").encode())
     return f"{get_store().uri.rstrip('/')}/{_inputs_key(job_id)}"

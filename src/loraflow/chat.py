@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from loraflow.errors import InvalidRequestError
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -64,3 +66,35 @@ def chat_problem(
 def turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Checked chat ``messages`` as bare ``{role, content}`` turns (``name`` dropped)."""
     return [{"role": t["role"], "content": t["content"]} for t in messages]
+
+
+def prompt_or_chat(
+    messages: list[dict[str, str]],
+) -> tuple[str | None, list[dict[str, str]] | None]:
+    """Turns as a completion's input: one lone user turn as a prompt (chat models template a
+    prompt as exactly that turn, and a model without a chat template takes only prompts),
+    anything more as chat messages."""
+    if len(messages) == 1 and messages[0].get("role") == "user":
+        return messages[0]["content"], None
+    return None, messages
+
+
+def from_parts(
+    data: str,
+    context: str | None = None,
+    prompt: str | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> tuple[str | None, list[dict[str, str]] | None]:
+    """aiXplain's inputs as a completion's (``prompt_or_chat``): ``context`` is the system turn,
+    ``history`` the turns before, ``prompt`` goes before ``data`` in the user's turn."""
+    if not isinstance(data, str):
+        raise InvalidRequestError(f"data: must be text (got {type(data).__name__})")
+    text = f"{prompt}\n{data}" if prompt else data
+    turns: list[dict[str, str]] = [{"role": "system", "content": context}] if context else []
+    for i, turn in enumerate(history or []):
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            raise InvalidRequestError(
+                f"history[{i}]: must be {{'role': ..., 'content': '<text>'}} (got {turn!r:.80})"
+            )
+        turns.append({"role": str(turn.get("role")), "content": turn["content"]})
+    return prompt_or_chat([*turns, {"role": "user", "content": text}])

@@ -236,6 +236,12 @@ def _chunks(call: Call, rid: str) -> Iterator[CompletionStreamResponse]:
         )
 
 
+def check_inputs(inputs: Any) -> None:
+    """Raise InvalidRequestError unless ``inputs`` is a non-empty list of inputs."""
+    if isinstance(inputs, str) or not isinstance(inputs, Sequence) or not inputs:
+        raise InvalidRequestError("inputs: send a non-empty list of prompts or message lists")
+
+
 def generate(
     model: str,
     inputs: Sequence[str | Messages],
@@ -244,8 +250,7 @@ def generate(
     batch_size: int = 32,
 ) -> list[GenerateOutput]:
     """``num_generations`` completions for each input (a prompt or chat messages)."""
-    if isinstance(inputs, str) or not isinstance(inputs, Sequence) or not inputs:
-        raise InvalidRequestError("inputs: send a non-empty list of prompts or message lists")
+    check_inputs(inputs)
     if batch_size < 1:
         raise InvalidRequestError(f"batch_size: must be at least 1 (got {batch_size})")
     pairs = [(x, None) if isinstance(x, str) else (None, x) for x in inputs]

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError
+from loraflow.errors import LoraflowError, NotFoundError
 from loraflow.types import RunStatus, RunUsage
 
 KEEP_SECONDS = 3600.0
@@ -35,30 +35,6 @@ class _Run:
     future: Future[Any]
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
-
-
-def chat(
-    data: str,
-    context: str | None = None,
-    prompt: str | None = None,
-    history: list[dict[str, Any]] | None = None,
-) -> tuple[str | None, list[dict[str, str]] | None]:
-    """aiXplain's inputs as a loraflow prompt or chat: ``context`` is the system turn,
-    ``history`` the turns before, ``prompt`` goes before ``data`` in the user's turn. One lone
-    user turn is sent as a prompt (chat models template it the same way)."""
-    if not isinstance(data, str):
-        raise InvalidRequestError(f"data: must be text (got {type(data).__name__})")
-    text = f"{prompt}\n{data}" if prompt else data
-    turns: list[dict[str, str]] = [{"role": "system", "content": context}] if context else []
-    for i, turn in enumerate(history or []):
-        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
-            raise InvalidRequestError(
-                f"history[{i}]: must be {{'role': ..., 'content': '<text>'}} (got {turn!r:.80})"
-            )
-        turns.append({"role": str(turn.get("role")), "content": turn["content"]})
-    if not turns:
-        return text, None
-    return None, [*turns, {"role": "user", "content": text}]
 
 
 def start(model: str, prompt: str | None, messages: Any, params: Any) -> str:
@@ -92,12 +68,7 @@ def status(run_id: str) -> RunStatus:
         message = str(exc) if isinstance(exc, LoraflowError) else "internal error"
         return RunStatus(completed=True, status="FAILED", error_message=message, run_time=took)
     out = run.future.result()
-    prompt_tokens = out.num_prompt_tokens or 0
-    usage = RunUsage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=out.num_completion_tokens,
-        total_tokens=prompt_tokens + out.num_completion_tokens,
-    )
+    usage = RunUsage.of(out.num_prompt_tokens or 0, out.num_completion_tokens)
     return RunStatus(completed=True, status="SUCCESS", data=out.text, usage=usage, run_time=took)
 
 

@@ -278,9 +278,19 @@ class BatchResultLine(GenerateOutput):
 
 
 class RunUsage(BaseModel):
+    """Token counts as OpenAI's and aiXplain's responses carry them."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> RunUsage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
 class RunStatus(BaseModel):

@@ -40,6 +40,10 @@ class Scheduler:
         self.engine = engine
         self.window = window
         self.max_batch = max_batch
+        # this engine's gauges, looked up once: the loop sets them every decoding step
+        self._queued = metrics.QUEUE.labels(engine.base)
+        self._running = metrics.RUNNING.labels(engine.base)
+        self._batch = metrics.BATCH.labels(engine.base)
         self._pending: queue.Queue[_Submission] = queue.Queue()
         self.idle = threading.Event()  # set while no request is queued or running
         self.idle.set()
@@ -102,19 +106,18 @@ class Scheduler:
             waiting += self._arrivals(idle=not running and not waiting)
             room = self.max_batch - (len(decoder.rows) if running else 0)
             admitted, waiting = _fit(waiting, room, running)
-            base = self.engine.base
-            metrics.QUEUE.labels(base).set(len(waiting) + self._pending.qsize())
+            self._queued.set(len(waiting) + self._pending.qsize())
             try:
                 if admitted:
                     if not running:
                         decoder = self.engine.decoder()
                     self._admit(decoder, admitted, owners, keys)
                 if decoder is not None and decoder.rows:
-                    metrics.RUNNING.labels(base).set(len(decoder.rows))
-                    metrics.BATCH.labels(base).observe(len(decoder.rows))
+                    self._running.set(len(decoder.rows))
+                    self._batch.observe(len(decoder.rows))
                     self._route(decoder.step(), owners)
                 else:
-                    metrics.RUNNING.labels(base).set(0)
+                    self._running.set(0)
                     self._fail_rows(decoder, owners)
             except BaseException as exc:  # a fault of the whole batch: its callers see it
                 hit = [s for s, _ in owners.values()] + admitted

@@ -21,9 +21,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraflow.chat import from_parts
 from loraflow.errors import LoraflowError
 from loraflow.integrations.client import InProcess, Remote, Reply, Request, Sampling, connect
 from loraflow.sdk.fine_tune import metrics_of
+from loraflow.types import RunUsage
 
 log = logging.getLogger("loraflow.integrations.aixplain")
 LOCAL = "loraflow:runs/"  # poll URLs of runs in this process
@@ -177,10 +179,9 @@ class LLM:
             return _failed(str(exc))
 
     def _submit(self, body: dict[str, Any]) -> str:
-        from loraflow.runs import chat
         from loraflow.sdk import Completion
 
-        prompt, messages = chat(
+        prompt, messages = from_parts(
             body.pop("data"), body.pop("context"), body.pop("prompt"), body.pop("history")
         )
         return Completion.submit(
@@ -249,10 +250,8 @@ class LLM:
     ) -> Iterator[ModelResponse]:
         """The text as it comes: IN_PROGRESS responses with new text, then one SUCCESS with
         the whole text and usage (or FAILED)."""
-        from loraflow.runs import chat
-
         try:
-            text, messages = chat(data, context, prompt, history)
+            text, messages = from_parts(data, context, prompt, history)
             request = Request(prompt=text, messages=messages)
             s = Sampling(
                 max_tokens=max_tokens, temperature=temperature, top_p=top_p, timeout=timeout
@@ -263,11 +262,9 @@ class LLM:
                         status="SUCCESS",
                         data=piece.text,
                         completed=True,
-                        usage={
-                            "prompt_tokens": piece.prompt_tokens,
-                            "completion_tokens": piece.completion_tokens,
-                            "total_tokens": piece.prompt_tokens + piece.completion_tokens,
-                        },
+                        usage=RunUsage.of(
+                            piece.prompt_tokens, piece.completion_tokens
+                        ).model_dump(),
                     )
                 else:
                     yield ModelResponse(status="IN_PROGRESS", data=piece)

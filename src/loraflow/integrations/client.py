@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from loraflow.chat import prompt_or_chat
 from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError, UnavailableError
 
 Messages = list[dict[str, str]]
@@ -40,17 +41,14 @@ class Reply:
 
 @dataclass(frozen=True)
 class Request:
-    """A prompt, or chat messages; one lone user turn is sent as a prompt (the same text:
-    chat models template a prompt as one user turn)."""
+    """A prompt, or chat messages (``of``: a lone user turn as a prompt, ``prompt_or_chat``)."""
 
     prompt: str | None = None
     messages: Messages | None = None
 
     @classmethod
     def of(cls, messages: Messages) -> Request:
-        if len(messages) == 1 and messages[0].get("role") == "user":
-            return cls(prompt=messages[0]["content"])
-        return cls(messages=messages)
+        return cls(*prompt_or_chat(messages))
 
 
 def model_names(endpoints: list[dict[str, Any]]) -> list[str]:
@@ -183,21 +181,17 @@ class Remote:
         return "/v1/completions", body | {"prompt": request.prompt}
 
     def get(self, path: str, timeout: float = 30.0) -> Any:
-        import httpx
-
-        try:
-            response = httpx.get(self.base_url + path, headers=self._headers(), timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        _check(response)
-        return response.json()
+        return self._call("GET", path, None, timeout)
 
     def post(self, path: str, body: dict[str, Any], timeout: float = 30.0) -> Any:
+        return self._call("POST", path, body, timeout)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
         import httpx
 
         try:
-            response = httpx.post(
-                self.base_url + path, json=body, headers=self._headers(), timeout=timeout
+            response = httpx.request(
+                method, self.base_url + path, json=body, headers=self._headers(), timeout=timeout
             )
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None

@@ -135,11 +135,12 @@ class FineTune:
 
         with _client() as client:
             run = _run(client, fine_tune_id)
+            events = _events(client, run).events
         status = jobs.fine_tune_status(run.state)
         history: list[dict[str, float]] = []
         times: list[float] = []
         total = run_id = None
-        for event in cls.get_events(fine_tune_id).events:
+        for event in events:
             if (values := metrics_of(event.message)) is not None:
                 history.append(values)
                 times.append(event.timestamp or 0.0)
@@ -183,33 +184,8 @@ class FineTune:
     @classmethod
     def get_events(cls, fine_tune_id: str) -> GetFineTuneEventsResponse:
         """The job's state changes and log: lifecycle messages and one line of metrics a step."""
-        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-        from prefect.client.schemas.sorting import LogSort
-
         with _client() as client:
-            run = _run(client, fine_tune_id)
-            events = [
-                (s.timestamp.timestamp(), _state_message(s), "info")
-                for s in client.read_flow_run_states(run.id)
-            ]
-            log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
-            offset = 0
-            while page := client.read_logs(
-                log_filter=log_filter, limit=LOG_PAGE, offset=offset, sort=LogSort.TIMESTAMP_ASC
-            ):
-                events += [
-                    (
-                        log.timestamp.timestamp(),
-                        log.message,
-                        logging.getLevelName(log.level).lower(),
-                    )
-                    for log in page
-                ]
-                offset += len(page)
-        events.sort(key=lambda e: e[0])
-        return GetFineTuneEventsResponse(
-            events=[LLMFineTuneEvent(timestamp=t, message=m, level=lv) for t, m, lv in events]
-        )
+            return _events(client, _run(client, fine_tune_id))
 
     @classmethod
     def wait(cls, fine_tune_id: str, timeout: float | None = None) -> GetFineTuneResponse:
@@ -251,6 +227,31 @@ class FineTune:
             else:
                 client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
             return _response(client.read_flow_run(run.id))
+
+
+def _events(client: Any, run: Any) -> GetFineTuneEventsResponse:
+    """A job run's state changes and log lines, oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    events = [
+        (s.timestamp.timestamp(), _state_message(s), "info")
+        for s in client.read_flow_run_states(run.id)
+    ]
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+    offset = 0
+    while page := client.read_logs(
+        log_filter=log_filter, limit=LOG_PAGE, offset=offset, sort=LogSort.TIMESTAMP_ASC
+    ):
+        events += [
+            (log.timestamp.timestamp(), log.message, logging.getLevelName(log.level).lower())
+            for log in page
+        ]
+        offset += len(page)
+    events.sort(key=lambda e: e[0])
+    return GetFineTuneEventsResponse(
+        events=[LLMFineTuneEvent(timestamp=t, message=m, level=lv) for t, m, lv in events]
+    )
 
 
 def metrics_of(message: str) -> dict[str, float] | None:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraflow import completion, runs
+from loraflow.chat import from_parts
 from loraflow.server.errors import NOT_FOUND
 from loraflow.types import JSON_INTEGER, ModelReference, Seed
 
@@ -42,7 +43,7 @@ class ExecuteBody(BaseModel):
 @router.post("/api/v1/execute/{model:path}", responses=NOT_FOUND)
 def execute(model: Annotated[ModelReference, Path()], body: ExecuteBody, request: Request) -> Any:
     history = [t.model_dump() for t in body.history or ()]
-    prompt, messages = runs.chat(body.data, body.context, body.prompt, history)
+    prompt, messages = from_parts(body.data, body.context, body.prompt, history)
     params = completion.params(
         max_new_tokens=body.max_tokens,
         temperature=body.temperature,

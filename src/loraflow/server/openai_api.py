@@ -23,7 +23,7 @@ from loraflow.aio import iterate_in_thread
 from loraflow.errors import InvalidRequestError
 from loraflow.sdk import Model
 from loraflow.server.errors import NOT_FOUND, message_of
-from loraflow.types import JSON_INTEGER, ModelReference, Seed
+from loraflow.types import JSON_INTEGER, ModelReference, RunUsage, Seed
 
 router = APIRouter()
 log = logging.getLogger("loraflow.server")
@@ -140,11 +140,7 @@ def _finish(reason: str | None) -> str | None:
 
 
 def _usage(prompt: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
-    }
+    return RunUsage.of(prompt, completion_tokens).model_dump()
 
 
 def _calls(body: CompletionBody | ChatBody) -> completion.Call:
