@@ -68,7 +68,9 @@ def status(run_id: str) -> RunStatus:
         message = str(exc) if isinstance(exc, LoraflowError) else "internal error"
         return RunStatus(completed=True, status="FAILED", error_message=message, run_time=took)
     out = run.future.result()
-    usage = RunUsage.of(out.num_prompt_tokens or 0, out.num_completion_tokens)
+    usage = RunUsage(
+        prompt_tokens=out.num_prompt_tokens or 0, completion_tokens=out.num_completion_tokens
+    )
     return RunStatus(completed=True, status="SUCCESS", data=out.text, usage=usage, run_time=took)
 
 

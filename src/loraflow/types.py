@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, computed_field
 
 __all__ = [
     "JSON_INTEGER",
@@ -282,15 +282,11 @@ class RunUsage(BaseModel):
 
     prompt_tokens: int
     completion_tokens: int
-    total_tokens: int
 
-    @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> RunUsage:
-        return cls(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 class RunStatus(BaseModel):

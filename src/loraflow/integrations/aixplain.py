@@ -262,8 +262,9 @@ class LLM:
                         status="SUCCESS",
                         data=piece.text,
                         completed=True,
-                        usage=RunUsage.of(
-                            piece.prompt_tokens, piece.completion_tokens
+                        usage=RunUsage(
+                            prompt_tokens=piece.prompt_tokens,
+                            completion_tokens=piece.completion_tokens,
                         ).model_dump(),
                     )
                 else:

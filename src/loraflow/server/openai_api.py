@@ -140,7 +140,7 @@ def _finish(reason: str | None) -> str | None:
 
 
 def _usage(prompt: int, completion_tokens: int) -> dict[str, int]:
-    return RunUsage.of(prompt, completion_tokens).model_dump()
+    return RunUsage(prompt_tokens=prompt, completion_tokens=completion_tokens).model_dump()
 
 
 def _calls(body: CompletionBody | ChatBody) -> completion.Call:
