@@ -6,7 +6,9 @@ models, never here. ``apply()`` (``make deploy``, ``loraflow deploy``) registers
 process work pool that ``loraflow up``'s worker serves; ``loraflow worker`` serves the same
 deployments from its own process instead.
 
-Each flow is deployed as ``<flow>/loraflow``: the names the SDK's job APIs start runs of.
+Each flow is deployed under the name ``loraflow.jobs.DEPLOYMENTS`` gives it (what it is for:
+``fine-tune/train-lora-adapter``, ``retrain/nightly-or-ci``...): the names the SDK's job APIs
+start runs of.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from deployments.pools import KubernetesConfig, ensure_work_pool, pool_of
 from flows import config_model
 from loraflow.errors import ConfigError, field_problems
-from loraflow.jobs import DEPLOYMENT_NAME, DEVICE_LIMIT
+from loraflow.jobs import DEPLOYMENTS, DEVICE_LIMIT, LEGACY_DEPLOYMENT_NAME, deployment_name
 from loraflow.settings import read_yaml
 
 # flow name -> entrypoint, a module path: workers import the installed package from any cwd
@@ -142,7 +144,7 @@ def build(config: DeploymentsConfig | None = None, path: Path | None = None) -> 
     config = config or load(path)
     return [
         flow_of(name).to_deployment(
-            name=DEPLOYMENT_NAME,
+            name=DEPLOYMENTS[name],
             parameters=parameters(name, spec, path.parent),
             schedules=[s.to_prefect() for s in spec.schedules],
             concurrency_limit=spec.concurrency_limit,
@@ -169,7 +171,21 @@ def apply(path: Path | None = None) -> list[str]:
             deployment_id = deployment.apply(work_pool_name=config.work_pool)
             if not deployment.schedules:
                 drop_schedules(client, deployment_id)
+        drop_legacy(client)
     return [d.full_name for d in built]
+
+
+def drop_legacy(client: Any) -> None:
+    """Delete the ``<flow>/loraflow`` deployments an earlier loraflow made, so their schedules
+    (a second nightly retrain) stop."""
+    from prefect.exceptions import ObjectNotFound
+
+    for name in FLOWS:
+        try:
+            old = client.read_deployment_by_name(f"{name}/{LEGACY_DEPLOYMENT_NAME}")
+        except ObjectNotFound:
+            continue
+        client.delete_deployment(old.id)
 
 
 def live_schedules(path: Path | None = None) -> list[str]:
@@ -186,7 +202,7 @@ def live_schedules(path: Path | None = None) -> list[str]:
                 if schedule.cron
                 else f"every {schedule.interval_seconds:g} s"
             )
-            full = f"{name}/{DEPLOYMENT_NAME}"
+            full = deployment_name(name)
             lines.append(
                 f"schedule: {full} runs by itself, {when}; pause it with "
                 f"`prefect deployment schedule pause {full} --all` (or `active: false` in "

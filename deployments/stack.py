@@ -16,6 +16,7 @@ Nothing else needs the stack: without it loraflow uses the embedded defaults.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,17 +166,22 @@ class Stack:
                 announce(f"{service.name}: not running")
 
     def status(self) -> list[Status]:
-        return [
-            Status(
+        """Each service's state; the health checks run at once (each waits at most 2 s)."""
+
+        def one(s: Service) -> Status:
+            proc = self._process(s.name)
+            return Status(
                 name=s.name,
-                running=(proc := self._process(s.name)) is not None,
+                running=proc is not None,
                 healthy=proc is not None and self._healthy(s),
                 pid=proc.pid if proc is not None else None,
                 url=s.url,
                 log=self._log(s.name),
             )
-            for s in self.services()
-        ]
+
+        services = self.services()
+        with ThreadPoolExecutor(len(services)) as pool:
+            return list(pool.map(one, services))
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -228,18 +235,20 @@ class Stack:
             return False
 
     def _worker_online(self) -> bool:
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
+        """A worker of the pool is ONLINE: Prefect's REST API over plain HTTP (importing
+        Prefect's client would cost ``loraflow status`` seconds)."""
+        request = urllib.request.Request(
+            f"{self.api_url}/work_pools/{self.pool}/workers/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         try:
-            with (
-                temporary_settings({PREFECT_API_URL: self.api_url}),
-                get_client(sync_client=True) as client,
-            ):
-                workers = client.read_workers_for_work_pool(self.pool)
-        except Exception:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                workers = json.load(response)
+        except (OSError, ValueError):
             return False
-        return any(w.status and w.status.value == "ONLINE" for w in workers)
+        return any(w.get("status") == "ONLINE" for w in workers)
 
     def _process(self, name: str) -> Any:
         """The live process of ``name`` that ``up`` started, or None (a stale file is removed)."""

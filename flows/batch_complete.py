@@ -1,7 +1,7 @@
 """Flow: a batch completion job; prompts from a file in, JSONL results in storage out.
 
-``Completion.batch_create`` starts it as a run of ``batch-complete/loraflow`` named by the job
-id (``batch-…``), so it has a status and can be cancelled like LLM Engine's batch jobs. It
+``Completion.batch_create`` starts it as a run of ``batch-complete/generate-to-jsonl`` named by
+the job id (``batch-…``), so it has a status and can be cancelled like LLM Engine's batch jobs. It
 also runs from the Prefect UI, on a schedule, or from Python:
 ``batch_complete(BatchCompleteConfig(model="…", input_data_path="file-…"))``.
 """

@@ -1,7 +1,7 @@
 """Flow: fine-tune a base model with LoRA on stored files; one flow run per fine-tune job.
 
-``FineTune.create`` starts it as a run of the ``fine-tune/loraflow`` deployment named by the
-job id; it also runs from the Prefect UI, on a schedule, or from Python:
+``FineTune.create`` starts it as a run of the ``fine-tune/train-lora-adapter`` deployment named by
+the job id; it also runs from the Prefect UI, on a schedule, or from Python:
 ``fine_tune(FineTuneRequest(training_file="file-…"))``.
 """
 

@@ -3,6 +3,7 @@ model, the retrain schedule, and a UI form with a default for every field."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import yaml
 from deployments.build import FLOWS, build, flow_of, load
 from flows import config_model
 from loraflow.errors import ConfigError
+from loraflow.jobs import DEPLOYMENTS
 from loraflow.retraining import RetrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -21,7 +23,8 @@ def test_every_flow_is_deployed_from_the_configs() -> None:
     config = load(CONFIGS / "deployments.yaml")
     built = {d.flow_name: d for d in build(config, CONFIGS / "deployments.yaml")}
     assert set(built) == set(FLOWS)
-    assert {d.name for d in built.values()} == {"loraflow"}
+    assert {f: d.name for f, d in built.items()} == DEPLOYMENTS  # each named for its purpose
+    assert len(set(DEPLOYMENTS.values())) == len(DEPLOYMENTS)
     assert {d.entrypoint for d in built.values()} == set(FLOWS.values())
 
     retrain = built["retrain"]
@@ -58,6 +61,8 @@ def test_the_ui_form_has_a_default_for_every_field(name: str) -> None:
             shown = "default" in spec or f"{model}.{field}" in required
             assert shown, f"{name}: {model}.{field} shows empty in the UI form"
             assert spec.get("description"), f"{name}: {model}.{field} has no description"
+            dropped = re.findall(r"<[^<>]*>", spec["description"])  # Prefect's UI drops <...>
+            assert not dropped, f"{name}: {model}.{field}'s description shows without {dropped}"
 
 
 REQUIRED = {"fine-tune": {"FineTuneRequest.training_file"}}  # the rest is pre-filled
@@ -103,8 +108,8 @@ def test_live_schedules_say_when_they_run_and_how_to_pause_them(tmp_path: Path) 
     from deployments.build import default_path, live_schedules
 
     (line,) = live_schedules()
-    assert line.startswith("schedule: retrain/loraflow runs by itself, cron '0 2 * * *' (UTC)")
-    assert "prefect deployment schedule pause retrain/loraflow --all" in line
+    assert line.startswith("schedule: retrain/nightly-or-ci runs by itself, cron '0 2 * * *' (UTC)")
+    assert "prefect deployment schedule pause retrain/nightly-or-ci --all" in line
     config = yaml.safe_load(default_path().read_text())
     config["deployments"]["retrain"]["schedules"][0]["active"] = False
     for name in ("ingest.yaml", "retrain.yaml"):

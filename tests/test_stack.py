@@ -78,6 +78,17 @@ class Stack:
         assert done.returncode == 0, done.stderr
 
 
+HEAVY_IMPORTS_OF_STATUS = """
+import sys
+from deployments.cli import main
+
+sys.argv = ["loraflow", "status"]
+try:
+    main()
+except SystemExit as exit:
+    print(exit.code or 0)
+print(sorted({m.split(".")[0] for m in sys.modules} & {"prefect", "torch", "mlflow", "boto3"}))
+"""
 TINY = """\
 dataset: builtin:customer_support.csv
 model: tiny-llama-test
@@ -119,6 +130,16 @@ def test_up_starts_every_service_healthy_and_again_changes_nothing(stack: Stack)
     status = stack.cli("status")
     assert status.returncode == 0, status.stdout
     assert status.stdout.count("healthy") == 4
+    # status answers in well under 2 s: no heavy import (Prefect's client alone takes seconds)
+    heavy = subprocess.run(
+        [sys.executable, "-c", HEAVY_IMPORTS_OF_STATUS],
+        cwd=ROOT,
+        env=stack.env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert heavy.stdout.splitlines()[-2:] == ["0", "[]"], heavy.stdout + heavy.stderr
     pids = stack.pids()
     again = stack.cli("up")
     assert again.returncode == 0, again.stderr
@@ -135,7 +156,7 @@ def test_up_starts_every_service_healthy_and_again_changes_nothing(stack: Stack)
 
 def test_deployments_pool_limit_and_nightly_schedule_on_the_server(stack: Stack) -> None:
     with stack.client() as client:
-        deployment = client.read_deployment_by_name("retrain/loraflow")
+        deployment = client.read_deployment_by_name("retrain/nightly-or-ci")
         assert deployment.work_pool_name == "loraflow"
         assert client.read_work_pool("loraflow").type == "process"
         limit = client.read_global_concurrency_limit_by_name("loraflow-device")
@@ -151,9 +172,15 @@ def test_deployments_pool_limit_and_nightly_schedule_on_the_server(stack: Stack)
 
 
 def test_retrain_from_the_cli_exits_by_outcome(stack: Stack, tmp_path: Path) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    with stack.client() as client:  # what an earlier loraflow deployed: deploy removes it
+        client.create_deployment(client.create_flow_from_name("retrain"), "loraflow")
     stack.deploy(TINY)
     with stack.client() as client:
-        assert client.read_deployment_by_name("retrain/loraflow").schedules == []
+        assert client.read_deployment_by_name("retrain/nightly-or-ci").schedules == []
+        with pytest.raises(ObjectNotFound):
+            client.read_deployment_by_name("retrain/loraflow")
     lines = SUPPORT_CSV.read_text().splitlines()
     data = write(tmp_path, "support.csv", "\n".join(lines[:51]) + "\n")
 
@@ -224,7 +251,7 @@ def test_two_fine_tunes_started_together_take_turns_on_the_device(
 def test_a_near_term_schedule_produces_a_run_on_the_worker(stack: Stack) -> None:
     stack.deploy(TINY, schedules="[{interval_seconds: 10}]")
     with stack.client() as client:
-        deployment = client.read_deployment_by_name("retrain/loraflow")
+        deployment = client.read_deployment_by_name("retrain/nightly-or-ci")
         deadline = time.monotonic() + 240
         done: list[Any] = []
         while not done and time.monotonic() < deadline:

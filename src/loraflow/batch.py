@@ -42,7 +42,7 @@ class BatchCompleteConfig(BaseModel):
     output_data_path: str | None = Field(
         None,
         description="Where the JSONL results go (s3://bucket/key or a local path); unset: "
-        "batch-completions/<job>/results.jsonl in loraflow's store.",
+        "batch-completions/JOB/results.jsonl in loraflow's store.",
     )
     max_new_tokens: int = Field(64, ge=1, description="New tokens per completion, at most.")
     temperature: float = Field(0.0, ge=0, le=1, description="0 is greedy.")

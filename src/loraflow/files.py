@@ -54,7 +54,7 @@ class IngestConfig(BaseModel):
 
     source: str = Field(
         "builtin:customer_support.csv",
-        description="Local CSV/JSONL path, or builtin:<name> for a bundled dataset.",
+        description="Local CSV/JSONL path, or builtin:NAME for a bundled dataset (as the default).",
     )
     validation_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of rows split off as the validation file; 0 keeps all."

@@ -23,7 +23,15 @@ from loraflow.types import BatchStatus, FineTuneStatus
 
 # The global concurrency limit every training holds one slot of: one device, one fine-tune.
 DEVICE_LIMIT = "loraflow-device"
-DEPLOYMENT_NAME = "loraflow"  # every flow is deployed as ``<flow>/loraflow``
+# Each flow's deployment, named for what it is for: the names job APIs start runs of.
+DEPLOYMENTS = {
+    "ingest": "validate-and-store",
+    "fine-tune": "train-lora-adapter",
+    "promote": "champion-gate",
+    "batch-complete": "generate-to-jsonl",
+    "retrain": "nightly-or-ci",
+}
+LEGACY_DEPLOYMENT_NAME = "loraflow"  # what every flow was deployed as once; apply removes it
 STACK_DIR = "stack"  # under the home: `loraflow up` writes <service>.pid there
 
 T = TypeVar("T")
@@ -158,6 +166,11 @@ def read_deployment(client: Any, name: str) -> Any:
         ) from None
 
 
+def deployment_name(flow_name: str) -> str:
+    """``<flow>/<deployment>``: the deployment of ``flow_name`` that loraflow's jobs run on."""
+    return f"{flow_name}/{DEPLOYMENTS[flow_name]}"
+
+
 def start_job(
     flow_name: str,
     parameters: Parameters | Callable[[Parameters], Parameters],
@@ -168,7 +181,7 @@ def start_job(
     picks it up. ``parameters`` may be a function of the deployment's own parameters. Never
     waits; returns the flow run."""
     with prefect_client() as client:
-        found = read_deployment(client, f"{flow_name}/{DEPLOYMENT_NAME}")
+        found = read_deployment(client, deployment_name(flow_name))
         if callable(parameters):
             parameters = parameters(found.parameters or {})
         return client.create_flow_run_from_deployment(

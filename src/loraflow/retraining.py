@@ -37,14 +37,15 @@ class RetrainConfig(BaseModel):
 
     dataset: str = Field(
         "builtin:customer_support.csv",
-        description="Training data: a file-… id, a path, s3://bucket/key, builtin:<name>, or a "
-        "prefix ending in / (s3://bucket/incoming/, a directory) to take its newest .csv/.jsonl.",
+        description="Training data: a file-… id, a path, s3://bucket/key, builtin:NAME (as "
+        "the default), or a prefix ending in / (s3://bucket/incoming/, a directory) to take its "
+        "newest .csv/.jsonl.",
     )
     model: str = Field("smollm2-135m-instruct", description="Base model to fine-tune.")
     suffix: str = Field(
         "retrain",
         pattern=SUFFIX.pattern,
-        description="Model family <model>.<suffix> (up to 28 letters, digits, dashes); each "
+        description="Model family MODEL.SUFFIX (up to 28 letters, digits, dashes); each "
         "run adds a version.",
     )
     hyperparameters: dict[str, Any] = Field(

@@ -20,6 +20,7 @@ from loraflow import Completion, FineTune, InvalidRequestError, Model, NotFoundE
 from loraflow.cli import app
 from loraflow.errors import LoraflowError
 from loraflow.integrations import aixplain
+from loraflow.jobs import deployment_name
 from loraflow.settings import reset
 from loraflow.storage import get_store
 from tests.helpers import write
@@ -66,7 +67,7 @@ def runner(prefect_harness: None, job_home: Path, models_dir: Path) -> Iterator[
         while True:
             try:
                 for name in ("fine-tune", "ingest", "batch-complete", "promote"):
-                    client.read_deployment_by_name(f"{name}/loraflow")
+                    client.read_deployment_by_name(deployment_name(name))
                 break
             except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:

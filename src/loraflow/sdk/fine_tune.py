@@ -1,7 +1,7 @@
 """``FineTune``: start, watch, cancel and wait for fine-tunes, as LLM Engine's client does.
 
-Each job is a Prefect flow run of the ``fine-tune/loraflow`` deployment named by its ``ft-``
-id, so every job is visible (and cancellable) in the Prefect UI too.
+Each job is a Prefect flow run of the ``fine-tune/train-lora-adapter`` deployment named by its
+``ft-`` id, so every job is visible (and cancellable) in the Prefect UI too.
 """
 
 from __future__ import annotations
