@@ -121,7 +121,8 @@ class Stack:
                 client | self._api_key_env(),
                 port=ports.serve_port,
                 url=f"http://{HOST}:{ports.serve_port}",
-                health=f"http://{HOST}:{ports.serve_port}/healthz",
+                # ready: its champions are loaded, so the first completion does not wait
+                health=f"http://{HOST}:{ports.serve_port}/readyz",
             )
         )
         return found
@@ -295,7 +296,8 @@ class Stack:
         """The environment every service gets: this one, pinned to this home and its files."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_")}
         env |= {
-            "PREFECT_HOME": str(self.dir / "prefect"),
+            # its database is the one Prefect's ephemeral API uses while the stack is down
+            "PREFECT_HOME": str(jobs.prefect_database(self.settings).parent),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "LORAFLOW_HOME": str(self.settings.home),
             "PYTHONUNBUFFERED": "1",
@@ -315,7 +317,7 @@ class Stack:
 
     def api_key(self) -> str:
         """The key the stack's HTTP service accepts when none is configured (made once)."""
-        path = self.dir / "api-key"
+        path = self.dir / jobs.API_KEY_FILE
         if not path.exists():
             self.dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -22,4 +23,9 @@ def main(flow: Any, argv: list[str]) -> None:
 
     raw = read_yaml(Path(argv[1])) if len(argv) > 1 else {}
     with prefect_api():
-        print(flow(config_model(flow).model_validate(raw)).model_dump_json(indent=2))
+        result = flow(config_model(flow).model_validate(raw))
+    if isinstance(result, BaseModel):
+        print(result.model_dump_json(indent=2))
+    else:  # a final state: a cancelled fine-tune
+        print(json.dumps({"state": result.name, "message": result.message}))
+        raise SystemExit(1)

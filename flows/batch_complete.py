@@ -86,3 +86,11 @@ def _wait(futures: list[Any], job_id: str, logger: Any) -> None:
             reported = finished
         if pending and is_cancelling_now():
             raise JobCancelled(f"{job_id} cancelled with {finished} of {len(futures)} chunks done")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows import main
+
+    main(batch_complete, sys.argv)

@@ -59,3 +59,11 @@ def _fine_tune(config: FineTuneRequest, job_id: str) -> Any:
         f"(registered as {record.registered_model} version {record.version})"
     )
     return record
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows import main
+
+    main(fine_tune, sys.argv)

@@ -44,3 +44,11 @@ def promote(config: PromoteConfig = PromoteConfig()) -> Decision:  # noqa: B008
         )
     champion_scores = score_model(champion, *args) if champion else None
     return record_decision(decide(candidate_scores, champion_scores, config, config.alias))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows import main
+
+    main(promote, sys.argv)

@@ -3,11 +3,14 @@ and one Prefect test harness per session (it takes seconds to start)."""
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +23,15 @@ from loraflow import settings as settings_module
 # tests/with_llm drive the published llm, which needs an openai that .venv's scale-llm-engine
 # refuses: `make test` runs them with .venv-llm's python (see the Makefile)
 collect_ignore = [] if importlib.util.find_spec("llm") else ["with_llm"]
+
+# Where a test runs Prefect's ephemeral API (no harness), it keeps one database for the whole
+# session instead of one per test home (a new one costs seconds of migrations). Set before
+# Prefect is imported: its settings are read once. tests/test_history.py unsets it.
+_PREFECT_DIR = tempfile.mkdtemp(prefix="loraflow-tests-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_DIR, True)
+os.environ.setdefault(
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{_PREFECT_DIR}/prefect.db"
+)
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

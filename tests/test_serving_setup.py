@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,43 @@ def test_the_engine_backend_reports_its_framework(monkeypatch: pytest.MonkeyPatc
     assert backends.framework() == "text_generation_inference"
     configure(monkeypatch, backend="vllm")
     assert backends.framework() == "vllm"
+
+
+def test_a_server_warms_its_models_in_the_background_not_ready_until_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure(monkeypatch, preload='["tiny-llama-test", "no-such-model"]')
+    release, seen = threading.Event(), []
+
+    def slow_then_real(reference: str) -> None:  # loraflow's seam: the load itself
+        seen.append(reference)
+        release.wait(30)
+        real(reference)
+
+    real = backends.preload
+    monkeypatch.setattr(backends, "preload", slow_then_real)
+    thread = backends.start()
+    assert thread is not None
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [problem] = backends.problems()
+    assert problem.startswith("warming up: loading tiny-llama-test, no-such-model")
+    release.set()
+    thread.join(120)
+    assert backends.problems() == []  # the unknown model is logged, and does not block ready
+    assert seen == ["tiny-llama-test", "no-such-model"]
+    from loraflow.engine.engine import _ENGINES
+
+    assert "tiny-llama-test" in _ENGINES  # loaded: the first request does not wait
+
+
+def test_unset_preload_warms_each_champion_and_empty_warms_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loraflow import registry
+
+    monkeypatch.setattr(registry, "champions", lambda: ["support@champion"])
+    assert backends.warm_set() == ["support@champion"]
+    configure(monkeypatch, preload="[]")
+    assert backends.start() is None and backends.problems() == []

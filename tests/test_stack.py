@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -103,7 +104,11 @@ gate: {max_examples: 8, max_new_tokens: 4}
 def stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("stack-home")
     ports = {name: free_port() for name in ("PREFECT", "MLFLOW", "SERVE")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LORAFLOW_", "PREFECT_API"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LORAFLOW_", "PREFECT_API", "PREFECT_SERVER_DATABASE"))
+    }
     env |= {f"LORAFLOW_STACK__{name}_PORT": str(port) for name, port in ports.items()}
     env |= {
         "LORAFLOW_HOME": str(home),
@@ -284,6 +289,11 @@ def test_down_stops_only_what_up_started(stack: Stack) -> None:
         assert again.stdout.count("not running") == 4
         assert bystander.poll() is None
         assert stack.cli("status").returncode == 1
+        # with the stack down, the embedded defaults read the stack's history
+        listed = stack.cli("fine-tunes", "list")
+        assert listed.returncode == 0, listed.stderr
+        jobs = set(re.findall(r"ft-[a-z0-9]{20}", listed.stdout))
+        assert len(jobs) >= 2, listed.stdout  # the two that took turns, the retrains'...
     finally:
         bystander.kill()
 

@@ -12,7 +12,10 @@ in ``BACKENDS``. Members: ``engine`` (in process) and ``vllm`` (a vLLM server pe
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from importlib import import_module
 from typing import Any, Protocol
@@ -22,6 +25,9 @@ from loraflow.settings import get_settings
 
 # backend name -> its module: resolve_served(reference) -> (backend, adapter), unload(name)
 BACKENDS = {"engine": "loraflow.engine.engine", "vllm": "loraflow.vllm"}
+_WARMING: dict[str, float] = {}  # what ``start`` is loading -> since when (monotonic)
+PENDING = "the served models"
+log = logging.getLogger(__name__)
 
 
 class CompletionBackend(Protocol):
@@ -69,14 +75,50 @@ def preload(reference: str) -> None:
     resolve(reference)
 
 
-def start() -> None:
+def start() -> threading.Thread | None:
     """At a server's start: fail early, naming the setting, when the backend cannot serve (no
-    vLLM to start, a vLLM URL that does not answer), and load what serving.preload names."""
+    vLLM to start, a vLLM URL that does not answer); then warm the served models (``warm_set``)
+    in a thread, returned, while the server answers: ``problems`` says "warming" until they
+    are loaded. A model that fails to load is logged and left to load on first use."""
     module = _module()
     if hasattr(module, "check_setup"):
         module.check_setup()
-    for reference in get_settings().serving.preload:
-        preload(reference)
+    if get_settings().serving.preload == []:
+        return None
+    _WARMING[PENDING] = time.monotonic()  # until the registry says which they are
+    thread = threading.Thread(target=_warm, name="loraflow-warm", daemon=True)
+    thread.start()
+    return thread
+
+
+def warm_set() -> list[str]:
+    """What a server loads at start: ``serving.preload`` when set, else each family's
+    champion (its base model comes with it)."""
+    preload = get_settings().serving.preload
+    if preload is not None:
+        return list(preload)
+    from loraflow import registry
+
+    try:
+        return registry.champions()
+    except Exception as exc:  # the registry down: serve anyway, loading on first use
+        log.warning("not warming the champions: the registry did not answer (%s)", exc)
+        return []
+
+
+def _warm() -> None:
+    references = warm_set()
+    _WARMING.update(dict.fromkeys(references, _WARMING.get(PENDING, time.monotonic())))
+    _WARMING.pop(PENDING, None)
+    for reference in references:
+        started = time.monotonic()
+        try:
+            preload(reference)
+            log.info("warm: %s loaded in %.1f s", reference, time.monotonic() - started)
+        except Exception as exc:
+            log.error("warm: could not load %s (it loads on first use instead): %s", reference, exc)
+        finally:
+            _WARMING.pop(reference, None)
 
 
 def warm(reference: str) -> None:
@@ -91,6 +133,9 @@ def problems() -> list[str]:
     """What keeps the backend from serving now (``/readyz``); empty when it can."""
     module: Any = sys.modules.get(BACKENDS.get(get_settings().serving.backend, ""))
     found: list[str] = module.problems() if hasattr(module, "problems") else []
+    if warming := dict(_WARMING):
+        since = time.monotonic() - min(warming.values())
+        found.append(f"warming up: loading {', '.join(warming)} ({since:.0f} s so far)")
     return found
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from loraflow.errors import InvalidRequestError, LoraflowError, NotFoundError, UnavailableError
@@ -33,6 +34,7 @@ DEPLOYMENTS = {
 }
 LEGACY_DEPLOYMENT_NAME = "loraflow"  # what every flow was deployed as once; apply removes it
 STACK_DIR = "stack"  # under the home: `loraflow up` writes <service>.pid there
+API_KEY_FILE = "api-key"  # in STACK_DIR: the stack's HTTP key when none is configured
 
 T = TypeVar("T")
 
@@ -54,26 +56,45 @@ def prefect_api(settings: Settings | None = None) -> Iterator[None]:
     """Within this block Prefect talks to ``settings.prefect_api_url`` when it is set.
 
     Unset, Prefect's own configuration applies (PREFECT_API_URL, profiles); failing that, the
-    server of this home's stack when ``loraflow up`` runs it; else Prefect's ephemeral API.
-    Entry points (the CLI, ``python -m flows.…``) wrap their work in it.
+    server of this home's stack when ``loraflow up`` runs it; else Prefect's ephemeral API on
+    the stack's own database (``prefect_database``), so a user sees one history whether the
+    stack ran or not (unless Prefect is configured with a database of its own). Entry points
+    (the CLI, ``python -m flows.…``, the demo) and the SDK's job calls work within it.
     """
-    settings = settings or get_settings()
-    url = settings.prefect_api_url or _stack_api_url(settings)
-    if not url:
+    updates = _prefect_updates(settings or get_settings())
+    if not updates:
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    with temporary_settings(updates=updates):
         yield
 
 
-def _stack_api_url(settings: Settings) -> str | None:
-    from prefect.settings import PREFECT_API_URL
+def _prefect_updates(settings: Settings) -> dict[Any, Any]:
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        get_current_settings,
+    )
 
+    if settings.prefect_api_url:
+        return {PREFECT_API_URL: settings.prefect_api_url}
     if PREFECT_API_URL.value():
-        return None
-    return stack_api_url(settings)
+        return {}
+    if url := stack_api_url(settings):
+        return {PREFECT_API_URL: url}
+    if "connection_url" in get_current_settings().server.database.model_fields_set:
+        return {}
+    database = prefect_database(settings)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return {PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{database}"}
+
+
+def prefect_database(settings: Settings) -> Path:
+    """The SQLite file of this home's Prefect history: the stack's server keeps it, and
+    Prefect's ephemeral API uses it while the stack is down."""
+    return settings.home / STACK_DIR / "prefect" / "prefect.db"
 
 
 def stack_api_url(settings: Settings) -> str | None:
@@ -89,10 +110,21 @@ def stack_url(settings: Settings, service: str) -> str | None:
     return None if record is None else record.get("url")
 
 
-def prefect_client() -> Any:
+def stack_api_key(settings: Settings) -> str | None:
+    """A key the stack's HTTP service accepts: a configured one, else the one ``up`` made."""
+    if settings.api_keys:
+        return settings.api_keys[0].get_secret_value()
+    path = settings.home / STACK_DIR / API_KEY_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+@contextmanager
+def prefect_client() -> Iterator[Any]:
+    """A synchronous Prefect client of the API ``prefect_api`` chooses."""
     from prefect.client.orchestration import get_client
 
-    return get_client(sync_client=True)
+    with prefect_api(), get_client(sync_client=True) as client:
+        yield client
 
 
 # -- ids -----------------------------------------------------------------------------------

@@ -131,6 +131,12 @@ def list_records() -> list[ModelRecord]:
     return sorted(records, key=lambda r: r.created_at)
 
 
+def champions() -> list[str]:
+    """``family@champion`` of every family whose champion alias is set."""
+    families = sorted({family(r.fine_tuned_model) for r in list_records()})
+    return [f"{f}@champion" for f in families if alias_target(f, "champion")]
+
+
 def check_name(name: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise InvalidRequestError(

@@ -117,8 +117,10 @@ class ServingConfig(BaseModel):
         description="Where a vLLM server at vllm_url sees loraflow's adapter cache "
         "(<home>/cache/adapters, on a shared volume); unset: the same path.",
     )
-    preload: list[str] = Field(
-        [], description="Base models `loraflow serve` loads (or starts vLLM for) at start."
+    preload: list[str] | None = Field(
+        None,
+        description="Models `loraflow serve` loads (or starts vLLM for) at start, /readyz "
+        "answering 503 until they are; unset: each family's champion; [] for none.",
     )
 
 

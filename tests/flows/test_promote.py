@@ -57,6 +57,7 @@ def test_promotion_moves_the_alias_only_when_the_candidate_is_better(tmp_path: P
     assert not third.promoted and third.champion == strong
     assert registry.resolve(f"{FAMILY}@champion") == strong
     assert Model.get(strong).aliases == ["champion"] and Model.get(weak).aliases == []
+    assert registry.champions() == [f"{FAMILY}@champion"]  # what a server warms at start
 
     configure()
     tags = MlflowClient().get_model_version(FAMILY, "1").tags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ def test_serve_without_keys_prints_a_new_one_once_and_never_logs_it(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLOW_")}
     env |= {"LORAFLOW_HOME": str(tmp_path / "home"), "LORAFLOW_MODELS_DIR": str(models_dir)}
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"  # a busy machine is slow
+    env["LORAFLOW_SERVING__PRELOAD"] = '["tiny-llama-test"]'  # warmed while it answers
     log = tmp_path / "serve.log"
     proc = start_server(port, env, log, timeout=60)
     try:
@@ -34,6 +36,12 @@ def test_serve_without_keys_prints_a_new_one_once_and_never_logs_it(
         assert httpx.get(f"{base}/v1/models", headers={"x-api-key": "x"}).status_code == 401
         bearer = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
         assert bearer.status_code == 200
+        deadline = time.monotonic() + 120
+        while (ready := httpx.get(f"{base}/readyz")).status_code != 200:
+            assert "warming up: loading tiny-llama-test" in ready.text, ready.text
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert "warm: tiny-llama-test loaded in" in log.read_text()
         # a job call with no stack running starts Prefect's ephemeral server in a child
         jobs = httpx.get(f"{base}/v1/llm/fine-tunes", headers={"x-api-key": key}, timeout=120)
         assert jobs.status_code == 200, jobs.text + log.read_text()[-3000:]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Column, Table
 
-from loraflow.cli._app import app, handle_errors, out, prefect
+from loraflow.cli._app import app, err, handle_errors, out, prefect
 
 models_app = typer.Typer(help="Served models (base and fine-tuned): list, get, delete, download.")
 app.add_typer(models_app, name="models")
@@ -92,13 +92,38 @@ def complete(
     stop: Annotated[list[str] | None, typer.Option(help="Stop sequence (repeatable).")] = None,
     seed: Annotated[int | None, typer.Option(help="Makes sampling repeatable.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 120,
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local", help="Load the model in this process even when a loraflow serve runs."
+        ),
+    ] = False,
 ) -> None:
-    """Complete a prompt, printing the text as it is generated."""
+    """Complete a prompt, printing the text as it is generated.
+
+    Sent to the running loraflow serve (LORAFLOW_BASE_URL, else the stack's) where there is
+    one, so its loaded models answer at once; else the model loads in this process.
+    """
     from loraflow import Completion
 
     messages = None
     if system is not None:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    service = None if local else _running_service()
+    if service is not None:
+        from loraflow.integrations.client import Request, Sampling
+
+        err.print(f"via {service.base_url} (--local loads the model here)", style="dim")
+        sampling = Sampling(
+            max_tokens=max_new_tokens, temperature=temperature, stop=stop, seed=seed,
+            timeout=timeout,
+        )  # fmt: skip
+        request = Request(None if messages else prompt, messages)
+        for piece in service.stream(model, request, sampling):
+            if isinstance(piece, str):
+                out.print(piece, end="", highlight=False, markup=False, soft_wrap=True)
+        out.print()
+        return
     chunks = Completion.create(
         model,
         None if messages else prompt,
@@ -114,6 +139,20 @@ def complete(
         if chunk.output is not None:
             out.print(chunk.output.text, end="", highlight=False, markup=False, soft_wrap=True)
     out.print()
+
+
+def _running_service() -> Any:
+    """The loraflow serve this command should use: LORAFLOW_BASE_URL's, else the one this
+    home's stack runs (with its key), else None."""
+    from loraflow.integrations.client import Remote, connect
+    from loraflow.jobs import stack_api_key, stack_url
+    from loraflow.settings import get_settings
+
+    settings = get_settings()
+    if settings.base_url:
+        return connect()
+    url = stack_url(settings, "serve")
+    return None if url is None else Remote(url, stack_api_key(settings))
 
 
 @batch_app.command("create")

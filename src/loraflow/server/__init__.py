@@ -35,8 +35,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
     from loraflow import backends
     from loraflow.files import housekeeping
 
+    _log_to_stderr()
     housekeeping()  # what failed uploads left behind goes, before anything is served
-    backends.start()  # a backend that cannot serve fails here, naming its setting
+    backends.start()  # a backend that cannot serve fails here; the models warm meanwhile
     keys, new = api_keys_or_new()
     if new is not None:
         announce(
@@ -58,6 +59,20 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
             # then reads a reset (uvicorn's 5 s lost 1 of ~1,000 streams under load here)
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
+
+
+def _log_to_stderr() -> None:
+    """loraflow's own INFO lines (models warmed, vLLM started, storage retries) on stderr."""
+    import logging
+    import sys
+
+    log = logging.getLogger("loraflow")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _log_access() -> None:
