@@ -2,8 +2,9 @@
 
 ``make demo`` (or ``loraflow demo``) validates and stores the bundled 200-row customer-support
 dataset, fine-tunes SmolLM2-135M-Instruct with LoRA on it (CPU is fine), shows the loss falling,
-and compares the model's answers to a few training prompts before and after. Both runs stay in
-the Prefect and MLflow stores afterwards.
+promotes it to ``smollm2-135m-instruct.support@champion`` when it beats the champion (the first
+one does), and compares the model's answers to a few training prompts before and after. The
+runs stay in the Prefect and MLflow stores afterwards: the stack (``make up``) shows them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from rich.table import Column, Table
 
 from flows.fine_tune import fine_tune
 from flows.ingest import IngestConfig, ingest
+from flows.promote import promote
 from loraflow.cli._app import ID_COLUMN
 from loraflow.fine_tuning import FineTuneRequest
 from loraflow.jobs import prefect_api
+from loraflow.promotion import PromoteConfig
 from loraflow.settings import get_settings
 
 BASE = "smollm2-135m-instruct"
@@ -79,8 +82,20 @@ def run(console: Console | None = None) -> None:
                 suffix="support",
             )
         )
+        console.rule("promotion: the candidate against the champion on the validation rows")
+        decision = promote(
+            PromoteConfig(
+                model=outcome.fine_tuned_model,
+                validation_file=stored.validation_file or "",
+                max_new_tokens=32,
+            )
+        )
     after = answers_after(outcome.model_uri, PROMPTS)
     _show(console, outcome, before, after)
+    champion = f"{outcome.registered_model}@{decision.alias}"
+    verdict = "is now" if decision.promoted else "stays with the earlier model as"
+    console.print(f"{outcome.fine_tuned_model} {verdict} {champion}: {decision.reason}")
+    console.print(f'try: [bold]loraflow complete {champion} "Where is my order?"[/bold]')
     console.print(f"demo took {time.monotonic() - started:.0f} s")
 
 

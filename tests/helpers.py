@@ -149,3 +149,15 @@ def in_home(home: Path) -> Iterator[None]:
         else:
             os.environ["LORAFLOW_HOME"] = before
         reset()
+
+
+def stack_env(home: Path, ports: dict[str, int], **more: str) -> dict[str, str]:
+    """The environment of a `loraflow up` in ``home`` on ``ports`` (PREFECT, MLFLOW, SERVE):
+    this one without loraflow's or Prefect's API and database settings, plus ``more``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LORAFLOW_", "PREFECT_API", "PREFECT_SERVER_DATABASE"))
+    }
+    env |= {f"LORAFLOW_STACK__{name}_PORT": str(port) for name, port in ports.items()}
+    return env | {"LORAFLOW_HOME": str(home), **more}

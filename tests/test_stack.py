@@ -1,12 +1,12 @@
 """The local stack on real parts: `loraflow up` starts a Prefect server (SQLite), a process
 worker, the MLflow UI and `loraflow serve` on loopback; deployments from configs/ run there
-(the nightly cron and a near-term schedule produce runs); `loraflow retrain --wait` exits by
-outcome; `loraflow down` stops only what `up` started."""
+(the nightly cron and a near-term schedule produce runs); two fine-tunes take turns on the
+device; `loraflow down` stops only what `up` started. The README's own commands run on a stack
+in tests/test_readme.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import SUPPORT_CSV, write
+from tests.helpers import SUPPORT_CSV, stack_env, write
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ["prefect", "worker", "mlflow", "serve"]
@@ -104,19 +104,14 @@ gate: {max_examples: 8, max_new_tokens: 4}
 def stack(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("stack-home")
     ports = {name: free_port() for name in ("PREFECT", "MLFLOW", "SERVE")}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LORAFLOW_", "PREFECT_API", "PREFECT_SERVER_DATABASE"))
-    }
-    env |= {f"LORAFLOW_STACK__{name}_PORT": str(port) for name, port in ports.items()}
-    env |= {
-        "LORAFLOW_HOME": str(home),
-        "LORAFLOW_MODELS_DIR": str(models_dir),
+    env = stack_env(
+        home,
+        ports,
+        LORAFLOW_MODELS_DIR=str(models_dir),
         # the test cannot wait the default minute for the scheduler or 10 s per worker poll
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-    }
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+    )
     stack = Stack(
         env, home, f"http://127.0.0.1:{ports['PREFECT']}/api", tmp_path_factory.mktemp("cfg")
     )
@@ -151,6 +146,11 @@ def test_up_starts_every_service_healthy_and_again_changes_nothing(stack: Stack)
     assert again.stdout.count("already running") == 4
     assert stack.pids() == pids
 
+    # `loraflow complete` goes to the stack's serve, with the stack's key, instead of loading
+    served = stack.cli("complete", "tiny-llama-test", "Hi", "--max-new-tokens", "4")
+    assert served.returncode == 0, served.stderr
+    assert f"via http://127.0.0.1:{stack.env['LORAFLOW_STACK__SERVE_PORT']}" in served.stderr
+
     key_file = stack.home / "stack" / "api-key"
     assert key_file.stat().st_mode & 0o777 == 0o600
     key = key_file.read_text().strip()
@@ -176,7 +176,11 @@ def test_deployments_pool_limit_and_nightly_schedule_on_the_server(stack: Stack)
     assert {r.state.type.value for r in runs} == {"SCHEDULED"}
 
 
-def test_retrain_from_the_cli_exits_by_outcome(stack: Stack, tmp_path: Path) -> None:
+def test_deploy_replaces_old_names_and_retrain_refuses_bad_input_at_once(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The outcomes of `loraflow retrain --wait` (promoted 0, unchanged 0, rejected 3) run on a
+    stack's worker in tests/test_readme.py, from the README's own transcript."""
     from prefect.exceptions import ObjectNotFound
 
     with stack.client() as client:  # what an earlier loraflow deployed: deploy removes it
@@ -186,33 +190,11 @@ def test_retrain_from_the_cli_exits_by_outcome(stack: Stack, tmp_path: Path) -> 
         assert client.read_deployment_by_name("retrain/nightly-or-ci").schedules == []
         with pytest.raises(ObjectNotFound):
             client.read_deployment_by_name("retrain/loraflow")
-    lines = SUPPORT_CSV.read_text().splitlines()
-    data = write(tmp_path, "support.csv", "\n".join(lines[:51]) + "\n")
-
-    first = stack.cli("retrain", "--wait", "--dataset", str(data))
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "uploaded" in first.stdout and "promoted: no champion yet" in first.stdout
-
-    same = stack.cli("retrain", "--wait", "--dataset", str(data))
-    assert same.returncode == 0, same.stdout + same.stderr
-    assert "unchanged:" in same.stdout and "nothing to do" in same.stdout
-
-    gated = stack.cli("retrain", "--wait", "--force", "--set", "gate.min_improvement=100")
-    assert gated.returncode == 3, gated.stdout + gated.stderr
-    assert "rejected:" in gated.stdout and "at least 100" in gated.stdout
 
     missing = stack.cli("retrain", "--wait", "--dataset", str(tmp_path / "gone.csv"))
     assert missing.returncode == 1 and "no file at" in missing.stderr, missing.stderr
-
     bad = stack.cli("retrain", "--set", "gate.metric=accuracy")
     assert bad.returncode == 1 and "gate.metric" in bad.stderr
-
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    with stack.client() as client:
-        job = next(r for r in client.read_flow_runs() if r.name.startswith("ft-"))
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[job.id])))
-    assert any("holding a 'loraflow-device' slot" in log.message for log in logs)
 
 
 def test_two_fine_tunes_started_together_take_turns_on_the_device(

@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Where prepared base models live. Default: <home>/models."
     )
+    models_zoo: Path | None = Field(
+        None,
+        description="A base-model zoo file of your own (the format of configs/models.yaml) "
+        "instead of the bundled one.",
+    )
     storage_uri: str | None = Field(
         None,
         description="file:///dir or s3://bucket/prefix. Default: file://<home>/storage.",
@@ -223,7 +228,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("home", "models_dir")
+    @field_validator("home", "models_dir", "models_zoo")
     @classmethod
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None

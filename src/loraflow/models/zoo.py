@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraflow.errors import InvalidRequestError, shorten
+from loraflow.errors import ConfigError, InvalidRequestError, shorten
 
 ZOO_NAME = "models.yaml"  # configs/models.yaml; wheels carry it as loraflow/configs/models.yaml
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -70,7 +70,12 @@ class ModelSpec(BaseModel):
 
 
 def zoo_file() -> Path:
-    """The zoo file: the package's copy in an installed wheel, else the checkout's."""
+    """The zoo file: ``models_zoo`` when set, else the package's copy in an installed wheel,
+    else the checkout's."""
+    from loraflow.settings import get_settings
+
+    if own := get_settings().models_zoo:
+        return own
     packaged = Path(__file__).resolve().parents[1] / "configs" / ZOO_NAME
     return (
         packaged
@@ -79,11 +84,18 @@ def zoo_file() -> Path:
     )
 
 
-@lru_cache(maxsize=4)
 def load_zoo(path: Path | None = None) -> dict[str, ModelSpec]:
     """All models in the zoo file (``zoo_file()`` by default), by name."""
-    raw = yaml.safe_load((path or zoo_file()).read_text()) or {}
-    return {name: ModelSpec(name=name, **body) for name, body in raw.items()}
+    return _read_zoo(path or zoo_file())
+
+
+@lru_cache(maxsize=4)
+def _read_zoo(path: Path) -> dict[str, ModelSpec]:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        return {name: ModelSpec(name=name, **body) for name, body in raw.items()}
+    except (OSError, yaml.YAMLError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a base-model zoo ({shorten(str(exc))})") from None
 
 
 MAX_REFERENCE = 1024  # characters in a base-model name, hub id or path

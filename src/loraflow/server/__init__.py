@@ -35,7 +35,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
     from loraflow import backends
     from loraflow.files import housekeeping
 
-    _log_to_stderr()
+    # loraflow's own lines (models warmed, vLLM started, storage retries), then the access log
+    _log_to_stderr("loraflow", "%(levelname)s %(name)s: %(message)s")
     housekeeping()  # what failed uploads left behind goes, before anything is served
     backends.start()  # a backend that cannot serve fails here; the models warm meanwhile
     keys, new = api_keys_or_new()
@@ -46,7 +47,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
             f"  llmengine: LLM_ENGINE_BASE_PATH=http://{host}:{port}/ SCALE_API_KEY=<key>\n"
             f"  openai:    OpenAI(base_url='http://{host}:{port}/v1', api_key='<key>')"
         )
-    _log_access()
+    _log_to_stderr("loraflow.access", "%(message)s")  # its lines are JSON
     with _exit_cleanly_on_sigterm():
         uvicorn.run(
             build(keys),
@@ -61,29 +62,15 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, announce: Any = pr
         )
 
 
-def _log_to_stderr() -> None:
-    """loraflow's own INFO lines (models warmed, vLLM started, storage retries) on stderr."""
+def _log_to_stderr(name: str, form: str) -> None:
+    """Logger ``name``'s INFO lines on stderr, beside uvicorn's own log, formatted ``form``."""
     import logging
     import sys
 
-    log = logging.getLogger("loraflow")
+    log = logging.getLogger(name)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-
-def _log_access() -> None:
-    """The access log's JSON lines on stderr, beside uvicorn's own log."""
-    import logging
-    import sys
-
-    log = logging.getLogger("loraflow.access")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(logging.Formatter(form))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
