@@ -5,8 +5,8 @@
     apt-get install chromium            # or any Chromium/Chrome: --chromium PATH
     python docs/screenshots.py          # -> docs/images/*.png
 
-Three pictures: the retrain deployment's Custom run form in the Prefect UI, the artifacts of the
-newest fine-tune run (its loss curve among them), and the registered model in MLflow's UI. The
+Four pictures: the retrain deployment's Custom run form in the Prefect UI, the artifacts of the
+newest fine-tune run, its loss curve, and the registered model in MLflow's UI. The
 stack of this loraflow home (LORAFLOW_HOME) is found as every loraflow command finds it.
 """
 
@@ -46,10 +46,9 @@ def _post(url: str, body: dict[str, Any]) -> Any:
 def targets(family: str) -> dict[str, str]:
     """The three pages, by picture name."""
     settings = get_settings()
-    prefect, mlflow = stack_url(settings, "prefect"), stack_url(settings, "mlflow")
-    if not prefect or not mlflow:
+    api, mlflow = stack_url(settings, "prefect"), stack_url(settings, "mlflow")
+    if not api or not mlflow:
         sys.exit("the stack is not running in this home: `make up` first (and `make demo`)")
-    api = f"{prefect}/api"
     [deployment] = _post(f"{api}/deployments/filter", {
         "deployments": {"name": {"any_": [DEPLOYMENTS["retrain"]]}}, "limit": 1,
     })  # fmt: skip
@@ -57,12 +56,16 @@ def targets(family: str) -> dict[str, str]:
         "flow_runs": {"name": {"like_": "ft-"}, "state": {"type": {"any_": ["COMPLETED"]}}},
         "sort": "START_TIME_DESC", "limit": 1,
     })  # fmt: skip
-    if not runs:
+    curves = _post(f"{api}/artifacts/filter", {
+        "artifacts": {"key": {"like_": "loss-curve-"}}, "sort": "CREATED_DESC", "limit": 1,
+    })  # fmt: skip
+    if not runs or not curves:
         sys.exit("no finished fine-tune in this home's Prefect history: `make demo` first")
-    ui = prefect.removesuffix("/api")
+    ui = api.removesuffix("/api")
     return {
         "retrain-form": f"{ui}/deployments/deployment/{deployment['id']}/run",
-        "fine-tune-run": f"{ui}/runs/flow-run/{runs[0]['id']}?tab=Artifacts",
+        "fine-tune-run": f"{ui}/runs/flow-run/{runs[0]['id']}",
+        "loss-curve": f"{ui}/artifacts/artifact/{curves[0]['id']}",
         "mlflow-registry": f"{mlflow}/#/models/{family}",
     }
 
@@ -81,8 +84,18 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 960})
         for name, url in pages.items():
-            page.goto(url, wait_until="networkidle", timeout=60_000)
-            page.wait_for_timeout(1500)  # charts and images finish drawing
+            page.goto(url, wait_until="load", timeout=60_000)  # MLflow's UI never goes idle
+            page.wait_for_timeout(3000)  # the single-page apps fetch and draw
+            if name == "fine-tune-run":  # its artifacts tab, scrolled to the cards
+                page.get_by_text("Artifacts", exact=True).first.click()
+                page.wait_for_timeout(1000)
+                page.mouse.wheel(0, 420)
+                page.wait_for_timeout(1000)
+            if name == "mlflow-registry":  # MLflow's assistant panel covers the page: closed
+                close = page.locator("[aria-label='Close']")
+                if close.count():
+                    close.last.click()
+                    page.wait_for_timeout(1000)
             page.screenshot(path=args.out / f"{name}.png")
             print(f"{args.out / name}.png  <- {url}")
         browser.close()

@@ -190,15 +190,16 @@ def create_app(api_keys: list[str], max_upload_bytes: int | None = None) -> Fast
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    def readyz() -> dict[str, str]:
+    @app.get("/readyz", response_model=None)
+    def readyz() -> Any:
+        """200 when every request could be served now; else 503 saying why (warming up, a
+        vLLM restarting): an answer, not a fault, so it is not logged."""
         from loraflow import backends
-        from loraflow.errors import UnavailableError
         from loraflow.storage import get_store
 
         get_store().exists("readyz")  # the object store answers
         if found := backends.problems():
-            raise UnavailableError("; ".join(found))
+            return error_response(503, "; ".join(found))
         return {"status": "ready"}
 
     _metrics(app, protected)
