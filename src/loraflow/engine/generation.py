@@ -65,42 +65,58 @@ class _TextState:
     """Turns a request's tokens into text deltas, holding back a possible stop sequence.
 
     Each token's own text is what it adds to the decoded whole (special tokens add nothing),
-    so the token texts of a request join to its full text, stop sequence included.
+    so the token texts of a request join to its full text, stop sequence included. Decoding is
+    incremental, as vLLM's detokenizer does it: each step decodes a few tokens around the new
+    one (from ``prefix`` on) instead of the whole output, so a long generation costs linear,
+    not quadratic, time; stop sequences are looked for only where new text can complete one.
     """
 
     def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stops = tuple(s for s in stops if s)
         self.ids: list[int] = []
+        self.text = ""  # the decoded whole, up to the last complete character
+        self.prefix = 0  # ids[prefix:read] decode to the end of ``text``; the context of the next
+        self.read = 0
         self.sent = 0  # characters of the text already emitted
-        self.decoded = 0  # characters already attributed to a token
         self.stopped = False  # a stop sequence was hit
+
+    def _decode(self, ids: list[int]) -> str:
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
 
     def push(self, token_id: int) -> tuple[str, str, str | None]:
         """Add a token; return (safe new text, the token's own text, stop sequence hit)."""
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
         # an incomplete multi-byte character decodes as U+FFFD: wait for the rest of it
-        whole = len(text.rstrip("\ufffd")) if text.endswith("\ufffd") else len(text)
-        piece, self.decoded = text[self.decoded : whole], max(self.decoded, whole)
+        piece = ""
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            piece = after[len(before) :]
+            self.text += piece
+            self.prefix, self.read = self.read, len(self.ids)
+        text = self.text
         for stop in self.stops:
             at = text.find(stop, max(0, self.sent - len(stop)))
             if at != -1:
                 delta, self.sent, self.stopped = text[self.sent : at], at, True
                 return delta, piece, stop
-        safe = whole
+        safe = len(text)
         for stop in self.stops:  # keep back a tail that could still become a stop sequence
             for k in range(min(len(stop) - 1, safe - self.sent), 0, -1):
-                if text[safe - k : safe] == stop[:k]:
+                if text.endswith(stop[:k], 0, safe):
                     safe -= k
                     break
         delta, self.sent = text[self.sent : safe], max(self.sent, safe)
         return delta, piece, None
 
     def flush(self) -> str:
-        """The held-back text once the request ends without a stop sequence."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        delta, self.sent = text[self.sent :], len(text)
+        """The held-back text once the request ends without a stop sequence (a character
+        still incomplete at the end comes out as decoding gives it)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        self.text += self._decode(self.ids[self.prefix :])[len(before) :]
+        delta, self.sent = self.text[self.sent :], len(self.text)
         return delta
 
 
