@@ -49,9 +49,19 @@ $(LLM_STAMP): $(STAMP)
 
 setup-llm: $(LLM_STAMP) ## create .venv-llm: .venv plus simonw's llm (the llm plugin's tests)
 
+# tests/vllm (most of its time is vLLM's own server starting and answering, on one thread)
+# and tests/with_llm (in .venv-llm) run in a session of their own beside the main one, so the
+# suite fits its 20 minutes on two cores; their output is printed when the main session ends.
 test: setup setup-llm ## the full test suite (what CI runs)
-	$(BIN)/python -m pytest --durations=15
-	$(LLM_VENV)/bin/python -m pytest tests/with_llm --durations=5
+	@mkdir -p .test-logs; \
+	( $(BIN)/python -m pytest tests/vllm --durations=5 > .test-logs/vllm.log 2>&1; \
+	  echo $$? > .test-logs/vllm.rc; \
+	  $(LLM_VENV)/bin/python -m pytest tests/with_llm --durations=5 > .test-logs/with_llm.log 2>&1; \
+	  echo $$? > .test-logs/with_llm.rc ) & side=$$!; \
+	$(BIN)/python -m pytest --ignore=tests/vllm --durations=15; main=$$?; \
+	wait $$side; \
+	echo "== tests/vllm"; cat .test-logs/vllm.log; echo "== tests/with_llm"; cat .test-logs/with_llm.log; \
+	test $$main = 0 && test "$$(cat .test-logs/vllm.rc)" = 0 && test "$$(cat .test-logs/with_llm.rc)" = 0
 
 test-fast: setup ## the unit tier, for iteration: no Prefect harness, servers or real model
 	$(BIN)/python -m pytest -m "not slow and not integration" -q

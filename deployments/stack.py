@@ -159,12 +159,16 @@ class Stack:
             raise
 
     def down(self, announce: Callable[[str], None] = print) -> None:
-        """Stop the services ``up`` started (by their PID files); others are left alone."""
-        for service in reversed(self.services()):
-            if self._stop(service.name):
-                announce(f"{service.name}: stopped")
-            else:
-                announce(f"{service.name}: not running")
+        """Stop the services ``up`` started (by their PID files); others are left alone. The
+        others stop at once (a worker takes seconds to hand back its runs), Prefect's server
+        last, so the worker can still report to it."""
+        names = [s.name for s in reversed(self.services())]
+        first = [n for n in names if n != "prefect"]
+        with ThreadPoolExecutor(len(first)) as pool:
+            stopped = dict(zip(first, pool.map(self._stop, first), strict=True))
+        stopped |= {n: self._stop(n) for n in names if n == "prefect"}
+        for name in names:
+            announce(f"{name}: {'stopped' if stopped[name] else 'not running'}")
 
     def status(self) -> list[Status]:
         """Each service's state; the health checks run at once (each waits at most 2 s)."""

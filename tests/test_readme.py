@@ -135,6 +135,52 @@ class Session:
         return self.run([sys.executable, "-m", "deployments.cli", *args], "-".join(args[:2]))
 
 
+class Python:
+    """One interpreter that runs the README's python blocks one after another, each in a fresh
+    namespace, as a user's notebook would: imports, engines and Prefect's ephemeral API are
+    paid once, not once a block. Output goes to a log; each block's outcome comes back on a
+    pipe."""
+
+    DRIVER = (
+        "import os, sys, traceback\n"
+        "status = os.fdopen(int(sys.argv[1]), 'w')\n"
+        "for size in iter(sys.stdin.readline, ''):\n"
+        "    code = sys.stdin.read(int(size))\n"
+        "    try:\n"
+        "        exec(compile(code, '<README block>', 'exec'), {'__name__': '__main__'})\n"
+        "        outcome = 'ok'\n"
+        "    except BaseException:\n"
+        "        traceback.print_exc()\n"
+        "        outcome = 'failed'\n"
+        "    sys.stdout.flush(); sys.stderr.flush()\n"
+        "    print(outcome, file=status, flush=True)\n"
+    )
+
+    def __init__(self, session: Session) -> None:
+        self.log = session.logs / "python-blocks.log"
+        read, write = os.pipe()
+        with self.log.open("w") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", self.DRIVER, str(write)], cwd=ROOT, env=session.env,
+                stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                start_new_session=True, pass_fds=(write,),
+            )  # fmt: skip
+        os.close(write)
+        session.groups.append(self.proc.pid)
+        self.outcomes = os.fdopen(read)
+
+    def run(self, code: str) -> tuple[int, str]:
+        """Run one block: (0 or 1, what it printed)."""
+        assert self.proc.stdin is not None
+        start = self.log.stat().st_size
+        self.proc.stdin.write(f"{len(code)}\n{code}")
+        self.proc.stdin.flush()
+        outcome = self.outcomes.readline().strip()  # the block's own waits are bounded
+        with self.log.open(errors="replace") as log:
+            log.seek(start)
+            return (0 if outcome == "ok" else 1), log.read()
+
+
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     home = tmp_path_factory.mktemp("readme-home")
@@ -186,19 +232,23 @@ def test_the_demo_made_before_the_stack_shows_in_the_stack(session: Session) -> 
 def test_every_block_of_the_readme_runs_as_written(session: Session) -> None:
     found = blocks(README.read_text())
     ran, skipped, failed = [], [], []
+    python = Python(session)
     for n, block in enumerate(found):
         if block.skip:
             skipped.append(f"{block.where}: {block.skip}")
             continue
         code = session.here(block.code)
         if block.language == "python":
-            runs = [([sys.executable, "-c", code], Command(code))]
+            runs = [(["python", code], Command(code))]
         elif block.language == "bash":
             runs = [(["bash", "-eo", "pipefail", "-c", code], Command(code))]
         else:  # a transcript: its `$` commands
             runs = [(["bash", "-c", c.line], c) for c in transcript_commands(code)]
         for k, (args, want) in enumerate(runs):
-            got, out = session.run(args, f"block-{n}-{k}")
+            if args[0] == "python":
+                got, out = python.run(args[1])
+            else:
+                got, out = session.run(args, f"block-{n}-{k}")
             ran.append(block.where)
             starts = {line.split()[0] for line in out.splitlines() if line.strip()}
             if got != want.code or not set(want.says) <= starts:
