@@ -11,7 +11,7 @@ LLM_VENV  := .venv-llm
 LLM_STAMP := $(LLM_VENV)/.installed-stamp
 LLM_PIN   := llm==0.36
 
-.PHONY: setup setup-vllm setup-llm test test-fast demo up down deploy lint format bench clean
+.PHONY: setup setup-vllm setup-llm test test-readme test-fast demo up down deploy lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,19 +49,14 @@ $(LLM_STAMP): $(STAMP)
 
 setup-llm: $(LLM_STAMP) ## create .venv-llm: .venv plus simonw's llm (the llm plugin's tests)
 
-# tests/vllm (most of its time is vLLM's own server starting and answering, on one thread)
-# and tests/with_llm (in .venv-llm) run in a session of their own beside the main one, so the
-# suite fits its 20 minutes on two cores; their output is printed when the main session ends.
-test: setup setup-llm ## the full test suite (what CI runs)
-	@mkdir -p .test-logs; \
-	( $(BIN)/python -m pytest tests/vllm --durations=5 > .test-logs/vllm.log 2>&1; \
-	  echo $$? > .test-logs/vllm.rc; \
-	  $(LLM_VENV)/bin/python -m pytest tests/with_llm --durations=5 > .test-logs/with_llm.log 2>&1; \
-	  echo $$? > .test-logs/with_llm.rc ) & side=$$!; \
-	$(BIN)/python -m pytest --ignore=tests/vllm --durations=15; main=$$?; \
-	wait $$side; \
-	echo "== tests/vllm"; cat .test-logs/vllm.log; echo "== tests/with_llm"; cat .test-logs/with_llm.log; \
-	test $$main = 0 && test "$$(cat .test-logs/vllm.rc)" = 0 && test "$$(cat .test-logs/with_llm.rc)" = 0
+test: setup setup-llm ## the test suite (what CI runs, with test-readme): under 20 minutes here
+	$(BIN)/python -m pytest -m "not readme" --durations=15
+	$(LLM_VENV)/bin/python -m pytest tests/with_llm --durations=5
+
+# The README run as a user would (make demo, make up, then every block): about 5 minutes of
+# real servers and jobs, so it is its own target; CI (.ci/run) runs it after make test.
+test-readme: setup setup-llm ## run every command and code block of the README (tests/test_readme.py)
+	$(BIN)/python -m pytest -m readme --durations=5
 
 test-fast: setup ## the unit tier, for iteration: no Prefect harness, servers or real model
 	$(BIN)/python -m pytest -m "not slow and not integration" -q

@@ -34,7 +34,7 @@ from tests.helpers import stack_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.readme]  # make test-readme runs them
 SKIP = re.compile(r"<!-- readme-test: skip: (?P<reason>.+?) -->")
 
 
