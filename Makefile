@@ -83,13 +83,8 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## benchmarks: each prints loraflow against its baseline and the ratio
-	$(BIN)/python benchmarks/validate.py
-	$(BIN)/python benchmarks/finetune.py
-	$(BIN)/python benchmarks/completion.py
-	$(BIN)/python benchmarks/serve.py
-	$(BIN)/python benchmarks/load.py
-	$(BIN)/python benchmarks/distributed.py
+bench: setup ## benchmarks: each prints loraflow against its baseline; then one table of goals
+	$(BIN)/python benchmarks/summary.py
 
 clean: ## remove the venv and caches (not ~/.loraflow)
 	rm -rf $(VENV) $(LLM_VENV) .pytest_cache .ruff_cache build dist
