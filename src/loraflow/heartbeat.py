@@ -36,7 +36,9 @@ def _identity() -> dict[str, Any]:
 @contextmanager
 def beating(job_id: str, every: float = EVERY_SECONDS) -> Iterator[None]:
     """Write the job's heartbeat every ``every`` seconds while the body runs; a beat that
-    cannot be written (storage down a moment) is skipped, not fatal."""
+    cannot be written (storage down a moment) is skipped, not fatal. The last beat says the
+    body ended: the process goes on to record the run's final state (which can take a while
+    when Prefect's API is slow), and is judged by whether it still runs."""
     store, me, stop = get_store(), _identity(), threading.Event()
 
     def beat() -> None:
@@ -56,7 +58,7 @@ def beating(job_id: str, every: float = EVERY_SECONDS) -> Iterator[None]:
         stop.set()
         thread.join(timeout=5)
         with suppress(LoraflowError, OSError):
-            store.delete(key(job_id))
+            store.put(key(job_id), json.dumps({**me, "at": time.time(), "ended": True}).encode())
 
 
 def gone(job_id: str, started: float | None, now: float | None = None) -> str | None:
@@ -76,8 +78,9 @@ def gone(job_id: str, started: float | None, now: float | None = None) -> str | 
         if started is not None and now - started > STALE_AFTER:
             return f"no heartbeat for {now - started:.0f} s since the run started"
         return None
-    here = beat.get("host") == socket.gethostname()
-    if here and not pidfile.running(beat):
+    if beat.get("host") == socket.gethostname():  # this host knows its processes: no clock
+        if pidfile.running(beat):
+            return None
         return f"its process {beat['pid']} on {beat['host']} is no longer running"
     if now - beat["at"] > STALE_AFTER:
         return f"no heartbeat from {beat['host']} for {now - beat['at']:.0f} s"
