@@ -41,9 +41,9 @@ def beating(job_id: str, every: float = EVERY_SECONDS) -> Iterator[None]:
     when Prefect's API is slow), and is judged by whether it still runs."""
     store, me, stop = get_store(), _identity(), threading.Event()
 
-    def beat() -> None:
+    def beat(**extra: bool) -> None:
         with suppress(LoraflowError, OSError):
-            store.put(key(job_id), json.dumps({**me, "at": time.time()}).encode())
+            store.put(key(job_id), json.dumps({**me, "at": time.time(), **extra}).encode())
 
     def loop() -> None:
         while not stop.wait(every):
@@ -57,8 +57,7 @@ def beating(job_id: str, every: float = EVERY_SECONDS) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=5)
-        with suppress(LoraflowError, OSError):
-            store.put(key(job_id), json.dumps({**me, "at": time.time(), "ended": True}).encode())
+        beat(ended=True)
 
 
 def gone(job_id: str, started: float | None, now: float | None = None) -> str | None:
