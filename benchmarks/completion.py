@@ -8,11 +8,16 @@ serves the prompts as one batch through its engine (``Engine.stream``, the path 
 the engine's streaming time to first token (p50/p99 over the prompts of a batch).
 
     python benchmarks/completion.py [--model smollm2-135m-instruct] [--prompts 32] [--tokens 64]
+                                    [--device auto|cpu|cuda]
+
+On a GPU both run there (the engine takes the GPU when it has one); ``--device cuda`` without
+one prints ``skipped:`` and why.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -50,22 +55,24 @@ def make_adapter(base_dir: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def baseline(base_dir: Path, adapter: Path, texts: list[str], tokens: int) -> tuple[float, list]:
+def baseline(
+    base_dir: Path, adapter: Path, texts: list[str], tokens: int, device: str = "cpu"
+) -> tuple[float, list]:
     """One ``generate`` call per prompt on a PeftModel; returns (seconds, token id lists)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter)
-    model.eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(base, adapter).to(device).eval()
     encoded = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": t}],
             add_generation_prompt=True,
             return_tensors="pt",
             return_dict=True,
-        )
+        ).to(device)
         for t in texts
     ]
     with torch.inference_mode():
@@ -112,9 +119,17 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = parser.parse_args()
 
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch first looks (the engine too)
     import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("skipped: --device cuda, but torch sees no CUDA device")
+        return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     from loraflow.models import prepare, resolve_model
 
@@ -123,7 +138,7 @@ def main() -> None:
     texts = prompts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = make_adapter(base_dir, Path(tmp) / "adapter")
-        base_s, base_out = baseline(base_dir, adapter, texts, args.tokens)
+        base_s, base_out = baseline(base_dir, adapter, texts, args.tokens, device)
         ours = engine_run(args.model, adapter, texts, args.tokens)
     base_tokens = sum(len(o) for o in base_out)
     our_tokens = sum(len(o) for o in ours["outputs"])

@@ -8,7 +8,12 @@ benchmark run. Printed: real (non-pad) tokens/s of each over the training loop, 
 the validation loss of each after training (computed the same way), peak RSS, and loraflow's
 model FLOPs utilisation (4N + 6N_lora FLOPs a token against a measured matmul peak).
 
+``--device cuda`` runs the same comparison on a GPU (both trainers in bf16; loraflow with its
+GPU levers: packed batches, Liger kernels when installed, torch.compile) and measures the
+GPU's bf16 matmul peak for the MFU; without a CUDA device it prints ``skipped:`` and why.
+
     python benchmarks/finetune.py [--model smollm2-135m-instruct] [--rows 96] [--repeat 1]
+                                  [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import resource
 import statistics
@@ -115,19 +121,22 @@ def encoded(spec: Any, path: Path, frame: Any) -> list[Any]:
     return examples
 
 
-def eval_loss(lm: Any, examples: list[Any], pad_id: int) -> float:
-    """Token-weighted loss on the response tokens, the same function for both trainers."""
+def eval_loss(lm: Any, examples: list[Any], pad_id: int, mixed: str) -> float:
+    """Token-weighted loss on the response tokens, the same function for both trainers (under
+    the autocast both trained in)."""
     import torch
 
     from loraflow.training.data import collate
-    from loraflow.training.loop import ResponseLoss
+    from loraflow.training.model import ResponseLoss
 
     loss_fn = ResponseLoss(lm).eval()
     total, count = 0.0, 0
-    with torch.no_grad():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=mixed == "bf16")
+    with torch.no_grad(), autocast:
         for start in range(0, len(examples), 8):
             b = collate(examples, list(range(start, min(start + 8, len(examples)))), pad_id)
-            loss, n = loss_fn(b.input_ids, b.attention_mask, b.labels)
+            loss, n = loss_fn(*(t.to(device) for t in (b.input_ids, b.attention_mask, b.labels)))
             total, count = total + float(loss), count + int(n)
     return total / count
 
@@ -175,7 +184,9 @@ def child_loraflow(model: str, rows: int) -> dict[str, Any]:
     return {
         "seconds": timer.end - timer.start,
         "tokens": tokens,
-        "eval_loss": eval_loss(lm, val_examples, trainer.pad_id),
+        "eval_loss": eval_loss(
+            lm, val_examples, trainer.pad_id, trainer.accelerator.mixed_precision
+        ),
         "lora_params": sum(p.numel() for p in lm.parameters() if p.requires_grad),
         "params": sum(p.numel() for p in lm.parameters() if not p.requires_grad),
     }
@@ -193,7 +204,7 @@ def child_hf(model: str, rows: int) -> dict[str, Any]:
         TrainingArguments,
     )
 
-    from loraflow.training.loop import device_dtype
+    from loraflow.training.model import device_dtype
 
     spec, path, _ = setup(model)
     train, val = frames(rows)
@@ -245,7 +256,7 @@ def child_hf(model: str, rows: int) -> dict[str, Any]:
     return {
         "seconds": timer.end - timer.start,
         "tokens": sum(len(e.input_ids) for e in examples) * HYPER["epochs"],
-        "eval_loss": eval_loss(lm, encoded(spec, path, val), pad),
+        "eval_loss": eval_loss(lm, encoded(spec, path, val), pad, mixed),
     }
 
 
@@ -259,24 +270,30 @@ def padding_share(model: str, rows: int) -> float:
     return 1 - sum(lengths) / sum(max(b) * len(b) for b in batches)
 
 
-def matmul_peak(mixed: str) -> float:
+def matmul_peak(mixed: str, device: str) -> float:
     """Best FLOP/s of a large matmul in the training precision: the ceiling MFU is against."""
     import torch
 
-    n, best = 2048, 0.0
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed == "bf16")
+    n, best = (8192, 0.0) if device == "cuda" else (2048, 0.0)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    ctx = torch.autocast(device, dtype=torch.bfloat16, enabled=mixed == "bf16")
     with ctx:
-        for _ in range(6):
+        for _ in range(8):
+            if device == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
             torch.matmul(a, b)
+            if device == "cuda":
+                torch.cuda.synchronize()
             best = max(best, 2 * n**3 / (time.perf_counter() - start))
     return best
 
 
-def run_child(kind: str, model: str, rows: int) -> dict[str, Any]:
+def run_child(kind: str, model: str, rows: int, device: str) -> dict[str, Any]:
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {})}
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--model", model, "--rows", str(rows)],
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -289,52 +306,74 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--child", choices=["loraflow", "hf"])
     args = parser.parse_args()
     if args.child:
+        import torch
+
         result = (child_loraflow if args.child == "loraflow" else child_hf)(args.model, args.rows)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if torch.cuda.is_available():
+            result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(result))
         return
 
-    from loraflow.models import resolve_model
-    from loraflow.training.loop import device_dtype
+    import torch
 
-    mixed = device_dtype(resolve_model(args.model))[1]
+    from loraflow.models import resolve_model
+    from loraflow.training.model import device_dtype
+
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        print("skipped: --device cuda, but torch sees no CUDA device")
+        return
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
+    if device == "cuda":
+        mixed = device_dtype(resolve_model(args.model))[1]
+    else:
+        mixed = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"model {args.model}, {args.rows} rows, {HYPER}, LoRA {LORA}, precision {mixed}")
+    print(f"device: {name}")
     results: dict[str, list[dict[str, Any]]] = {"hf": [], "loraflow": []}
     for i in range(args.repeat):
         for kind in ("hf", "loraflow"):
-            r = run_child(kind, args.model, args.rows)
+            r = run_child(kind, args.model, args.rows, device)
             results[kind].append(r)
             print(
                 f"  run {i + 1} {kind:8}: {r['tokens'] / r['seconds']:7.1f} real tokens/s, "
                 f"{r['seconds']:6.1f} s, eval loss {r['eval_loss']:.4f}, "
                 f"peak RSS {r['peak_rss_mb']:.0f} MB"
+                + (f", peak GPU memory {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else "")
             )
     speed = {
         k: statistics.median(r["tokens"] / r["seconds"] for r in v) for k, v in results.items()
     }
-    ours = results["loraflow"][-1]
+    ours, theirs = results["loraflow"][-1], results["hf"][-1]
     flops_per_token = 4 * ours["params"] + 6 * ours["lora_params"]
-    peak = matmul_peak(mixed)
+    peak = matmul_peak(mixed, device)
     print(
         f"baseline (HF Trainer + peft, padded): {speed['hf']:.1f} real tokens/s "
         f"(padding is {padding_share(args.model, args.rows):.0%} of its token slots)"
     )
     print(f"loraflow trainer:                     {speed['loraflow']:.1f} real tokens/s")
     print(f"ratio: loraflow is {speed['loraflow'] / speed['hf']:.2f}x the baseline (goal >= 3x)")
+    gap = abs(ours["eval_loss"] - theirs["eval_loss"]) / theirs["eval_loss"]
     print(
-        f"final eval loss: baseline {results['hf'][-1]['eval_loss']:.4f}, "
-        f"loraflow {ours['eval_loss']:.4f}"
+        f"final eval loss: baseline {theirs['eval_loss']:.4f}, loraflow {ours['eval_loss']:.4f}; "
+        f"difference {gap:.2%} (goal <= 1 %)"
     )
+    memory = "peak_gpu_mb" if device == "cuda" else "peak_rss_mb"
     print(
-        f"peak RSS: baseline {results['hf'][-1]['peak_rss_mb']:.0f} MB, "
-        f"loraflow {ours['peak_rss_mb']:.0f} MB"
+        f"{'peak GPU memory' if device == 'cuda' else 'peak RSS'}: baseline "
+        f"{theirs[memory]:.0f} MB, loraflow {ours[memory]:.0f} MB; "
+        f"ratio {ours[memory] / theirs[memory]:.2f}x (goal <= 0.75x)"
     )
+    mfu = speed["loraflow"] * flops_per_token / peak
     print(
-        f"loraflow MFU: {speed['loraflow'] * flops_per_token / peak:.1%} "
-        f"({flops_per_token / 1e6:.0f} MFLOP a token, matmul peak {peak / 1e9:.0f} GFLOP/s)"
+        f"loraflow MFU: {mfu:.1%} of the measured matmul peak (goal >= 40 %); "
+        f"{flops_per_token / 1e6:.0f} MFLOP a token, peak {peak / 1e9:.0f} GFLOP/s"
     )
 
 

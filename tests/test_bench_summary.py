@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from benchmarks.summary import Figure, figures, table
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.summary import GPU_BENCHMARKS, Figure, figures, table
 
 OUTPUT = """\
 baseline  one-at-a-time generate: 2039 tokens in 156.7 s = 13.0 tokens/s
@@ -33,3 +38,54 @@ def test_the_table_has_a_row_a_figure_and_a_failed_benchmark_says_so() -> None:
     assert lines[0].split() == ["benchmark", "figure", "value", "goal", "met"]
     assert lines[1].split()[-1] == "yes" and "12.45x" in lines[1]
     assert lines[2].startswith("serve") and "failed (exit 1)" in lines[2]
+
+
+def test_a_unitless_goal_and_a_skipped_benchmark_are_rows() -> None:
+    output = (
+        "server CPU per token ratio: 1.04 (goal <= 1.10)\n"
+        "loraflow MFU: 24.4% of the measured matmul peak (goal >= 40 %); 553 MFLOP a token\n"
+        "skipped: --device cuda, but torch sees no CUDA device\n"
+    )
+    found = figures("x", output)
+    assert [(f.label, f.value, f.goal, f.met) for f in found] == [
+        ("skipped: --device cuda, but torch sees no CUDA device", "", "", None),
+        ("server CPU per token ratio", "1.04", "<= 1.10", True),
+        ("loraflow MFU", "24.4%", ">= 40%", False),
+    ]
+
+
+def test_gpu_sh_on_a_machine_without_a_gpu_installs_nothing_and_says_what_it_skipped(
+    tmp_path: Path,
+) -> None:
+    """benchmarks/gpu.sh's CPU fallback, as it runs here: every GPU benchmark is a skipped row."""
+    root = Path(__file__).resolve().parents[1]
+    bare = tmp_path / "bin"  # a PATH with python and the basics, without nvidia-smi
+    bare.mkdir()
+    for tool in ("dirname", "date"):
+        (bare / tool).symlink_to(shutil.which(tool) or "")
+    (bare / "python3").symlink_to(sys.executable)
+    done = subprocess.run(
+        [shutil.which("bash") or "bash", str(root / "benchmarks/gpu.sh")],
+        env={"PATH": str(bare), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.split("== GPU benchmarks, summary")[1].strip().splitlines()[1:]
+    assert [r.split()[0] for r in rows] == GPU_BENCHMARKS == ["finetune", "completion"]
+    assert all("skipped: no NVIDIA GPU here (nvidia-smi not found)" in r for r in rows)
+    assert not (root / ".venv-gpu").exists()
+
+
+def test_the_gpu_benchmarks_skip_without_cuda_and_say_so() -> None:
+    root = Path(__file__).resolve().parents[1]
+    for name in GPU_BENCHMARKS:
+        done = subprocess.run(
+            [sys.executable, str(root / f"benchmarks/{name}.py"), "--device", "cuda"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "skipped: --device cuda, but torch sees no CUDA device"

@@ -31,7 +31,7 @@ def response_loss(
 
     from loraflow.models import resolve_model
     from loraflow.training.data import collate, encode
-    from loraflow.training.loop import ResponseLoss
+    from loraflow.training.model import ResponseLoss
 
     max_length = min(resolve_model(engine.base).max_length, engine.context)
     examples, _ = encode(frame, engine.tokenizer, engine.use_chat, max_length)

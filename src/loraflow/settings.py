@@ -50,6 +50,54 @@ class ValidationConfig(BaseModel):
     )
 
 
+Switch = Literal["auto", "on", "off"]  # auto: loraflow decides by the device
+
+
+class TrainingConfig(BaseModel):
+    """How the trainer runs, not what it learns (``loraflow.training.speed`` has each lever,
+    the README its measured effect); ``LORAFLOW_TRAINING__<FIELD>`` sets each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bf16_weights: bool = Field(
+        True, description="Store the frozen base's linear weights in bf16 when training in bf16."
+    )
+    shared_dropout: bool = Field(
+        True, description="One fast LoRA-dropout mask per input, shared by the modules reading it."
+    )
+    max_batch_tokens: int | None = Field(
+        2048,
+        ge=16,
+        description="Token slots (rows x padded length) one micro-batch may hold; a larger "
+        "batch runs in several within the same step. None: no limit.",
+    )
+    pack: Switch = Field("auto", description="Padding-free packed batches (auto: on a GPU only).")
+    liger: bool = Field(
+        True, description="Liger's kernels on a GPU, when liger-kernel is installed."
+    )
+    compile: Switch = Field(
+        "auto", description="torch.compile each decoder layer (auto: on a GPU only)."
+    )
+
+    @classmethod
+    def plain(cls) -> TrainingConfig:
+        """Every lever off: fp32 base, peft's dropout, whole padded batches, eager, no Liger."""
+        return cls(
+            bf16_weights=False,
+            shared_dropout=False,
+            max_batch_tokens=None,
+            pack="off",
+            liger=False,
+            compile="off",
+        )
+
+    def wants_packing(self, cuda: bool) -> bool:
+        return self.pack == "on" or (self.pack == "auto" and cuda)
+
+    def wants_compile(self, cuda: bool) -> bool:
+        return self.compile == "on" or (self.compile == "auto" and cuda)
+
+
 def mask_url(url: str | None) -> str | None:
     """Return ``url`` with any password replaced by ``***`` (for logs and reprs)."""
     if not url or "@" not in url:
@@ -194,6 +242,7 @@ class Settings(BaseSettings):
     )
     validation: ValidationConfig = ValidationConfig()
     stack: StackConfig = StackConfig()
+    training: TrainingConfig = TrainingConfig()
     serving: ServingConfig = ServingConfig()
     batch: BatchSettings = BatchSettings()
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

@@ -40,6 +40,7 @@ class Batch:
     real_tokens: int = 0
     slots: int = 0
     label_tokens: int = field(default=0)
+    position_ids: Any = None  # LongTensor [1, T] when packed: positions restart per example
 
 
 def conversation(prompt: str, messages: str | None) -> list[dict[str, str]]:
@@ -141,3 +142,32 @@ def collate(examples: list[Example], indices: list[int], pad_id: int) -> Batch:
         mask[n, :length] = 1
     real = int(mask.sum())
     return Batch(ids, mask, labels, real, ids.numel(), int((labels != IGNORE).sum()))
+
+
+def pack(examples: list[Example], indices: list[int]) -> Batch:
+    """The examples at ``indices`` concatenated into one row, without padding.
+
+    Positions restart at 0 for each example, which is how the model's attention (FlashAttention
+    2's variable-length kernel, or a block-diagonal mask) keeps examples apart. Each example's
+    first token is never a label, so no example learns from the one before it.
+    """
+    import torch
+
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for i in indices:
+        row = examples[i]
+        ids += row.input_ids
+        labels += [IGNORE, *row.labels[1:]]
+        positions += range(len(row.input_ids))
+    label_tokens = sum(label != IGNORE for label in labels)
+    return Batch(
+        torch.tensor([ids]),
+        None,
+        torch.tensor([labels]),
+        len(ids),
+        len(ids),
+        label_tokens,
+        torch.tensor([positions]),
+    )

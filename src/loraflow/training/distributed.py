@@ -160,19 +160,19 @@ def total(accelerator: Any, value: float) -> float:
 def gathered_state(accelerator: Any, module: Any) -> dict[str, Any] | None:
     """Under FSDP, the peft model's full state dict gathered from every process (all must
     call it; only the main one gets it); otherwise None: each process holds all of it."""
-    if not _fsdp(accelerator):
+    if not fsdp(accelerator):
         return None
     full = accelerator.get_state_dict(module)
     return {k.removeprefix("lm."): v for k, v in (full or {}).items()}
 
 
-def _fsdp(accelerator: Any) -> bool:
+def fsdp(accelerator: Any) -> bool:
     return str(accelerator.distributed_type).endswith("FSDP")
 
 
 def optimizer_state(accelerator: Any, module: Any, optimizer: Any) -> dict[str, Any]:
     """The optimizer's whole state: under FSDP gathered from every process (all must call)."""
-    if not _fsdp(accelerator):
+    if not fsdp(accelerator):
         return dict(optimizer.state_dict())
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -184,7 +184,7 @@ def optimizer_state(accelerator: Any, module: Any, optimizer: Any) -> dict[str, 
 
 def load_optimizer_state(accelerator: Any, module: Any, optimizer: Any, state: Any) -> None:
     """Load what ``optimizer_state`` saved (under FSDP, each process takes its shard)."""
-    if not _fsdp(accelerator):
+    if not fsdp(accelerator):
         optimizer.load_state_dict(state)
         return
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP

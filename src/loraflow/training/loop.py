@@ -19,14 +19,15 @@ from typing import Any, Protocol
 
 import polars as pl
 import torch
-import torch.nn.functional as F
 
 from loraflow.errors import LoraflowError
 from loraflow.models.zoo import ModelSpec
+from loraflow.settings import TrainingConfig, get_settings
 from loraflow.training.checkpoints import CheckpointStore
-from loraflow.training.data import IGNORE, Batch, Example, collate, encode, epoch_batches
+from loraflow.training.data import Batch, Example, collate, encode, epoch_batches, pack
 from loraflow.training.distributed import (
     Distributed,
+    fsdp,
     gathered_state,
     load_optimizer_state,
     optimizer_state,
@@ -35,6 +36,8 @@ from loraflow.training.distributed import (
     totals,
 )
 from loraflow.training.hyperparameters import Hyperparameters
+from loraflow.training.model import ResponseLoss, accelerator_for, build, device_dtype
+from loraflow.training.speed import split_by_tokens
 
 
 class TrainingCancelled(LoraflowError):
@@ -66,6 +69,7 @@ class TrainPlan:
     checkpoints: CheckpointStore
     output_dir: Path
     distributed: Distributed = field(default_factory=Distributed)
+    training: TrainingConfig | None = None  # how to run it; None: the settings' ``training``
 
 
 @dataclass
@@ -77,66 +81,6 @@ class TrainResult:
     eval_loss: float | None
     stats: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def device_dtype(spec: ModelSpec) -> tuple[Any, str]:
-    """Weights dtype and accelerate mixed-precision mode: bf16 where the device supports it.
-
-    On a GPU with bf16 the frozen base is loaded in bf16. On a CPU with native bf16 (AVX-512
-    BF16 / AMX) weights stay fp32 and matmuls run under bf16 autocast: measured 1.75x faster
-    for SmolLM2-135M on this project's 2-core machine, at the same loss.
-    """
-    cuda = torch.cuda.is_available()
-    if spec.dtype == "auto":
-        if cuda:
-            return (
-                (torch.bfloat16, "bf16")
-                if torch.cuda.is_bf16_supported()
-                else (torch.float16, "fp16")
-            )
-        return torch.float32, "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
-    dtype = getattr(torch, spec.dtype)
-    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(spec.dtype, "no") if cuda else "no"
-    return dtype, mixed
-
-
-def _accelerator(factory: Any, mixed: str) -> Any:
-    """An Accelerator with ``mixed`` precision, even if this process trained before with another.
-
-    accelerate keeps precision in a process-wide singleton and refuses a second, different one;
-    a process that runs several fine-tunes (Python imports of the flow) needs each its own.
-    Only the precision state is reset: the distributed process group is kept.
-    """
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if state and str(state.get("_mixed_precision", mixed)) != mixed:
-        AcceleratorState._reset_state(reset_partial_state=False)
-    # without CUDA, several processes are CPU processes on gloo (accelerate needs telling)
-    return factory(mixed_precision=mixed, cpu=not torch.cuda.is_available())
-
-
-class ResponseLoss(torch.nn.Module):
-    """A peft model whose forward is the loss, so accelerate (and DDP) wrap one module.
-
-    Returns the summed cross-entropy over label tokens and their count. Logits are computed
-    only where a label is predicted: prompt and padding positions never reach the
-    vocabulary-sized output layer.
-    """
-
-    def __init__(self, lm: Any) -> None:
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> tuple[Any, Any]:
-        causal = self.lm.get_base_model()
-        hidden = causal.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
-        target = labels[:, 1:]
-        keep = target != IGNORE
-        logits = causal.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        return F.cross_entropy(logits, target[keep], reduction="sum"), keep.sum()
 
 
 class Trainer:
@@ -152,18 +96,13 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------
     def _setup(self) -> None:
         from accelerate import Accelerator
-        from peft import LoraConfig, get_peft_model
-        from transformers import (
-            AutoModelForCausalLM,
-            AutoTokenizer,
-            get_cosine_schedule_with_warmup,
-        )
+        from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
         plan, hp = self.plan, self.hp
-        dtype, mixed = device_dtype(plan.spec)
+        mixed = device_dtype(plan.spec)[1]
         if plan.distributed.mixed_precision != "auto":
             mixed = plan.distributed.mixed_precision
-        self.accelerator = _accelerator(Accelerator, mixed)
+        self.accelerator = accelerator_for(Accelerator, mixed)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.main = self.accelerator.is_main_process
@@ -182,9 +121,11 @@ class Trainer:
         if not self.train_examples:
             raise LoraflowError("no training example has response tokens left after truncation")
         torch.manual_seed(hp.seed)
-        base = AutoModelForCausalLM.from_pretrained(plan.model_dir, dtype=dtype)
         lora = {"target_modules": plan.spec.target_modules, **hp.lora()}
-        self.model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
+        config = plan.training or get_settings().training
+        self.model, self.levers = build(plan.model_dir, plan.spec, lora, mixed, config)
+        if fsdp(self.accelerator):  # every process must run as many micro-batches
+            self.levers.max_batch_tokens, self.levers.packed = None, False
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         batches_per_epoch = math.ceil(len(self.train_examples) / (hp.batch_size * self.world))
@@ -194,7 +135,7 @@ class Trainer:
             self.optimizer, math.ceil(hp.warmup_ratio * self.total_steps), self.total_steps
         )
         self.loss_module, self.optimizer = self.accelerator.prepare(
-            ResponseLoss(self.model), self.optimizer
+            ResponseLoss(self.model, fused=self.levers.liger), self.optimizer
         )
         self.params = params
 
@@ -248,9 +189,19 @@ class Trainer:
         return int(found.step)
 
     def _loss(self, batch: Batch, device: Any) -> tuple[Any, Any]:
+        def on(t: Any) -> Any:
+            return None if t is None else t.to(device)
+
         return self.loss_module(
-            batch.input_ids.to(device), batch.attention_mask.to(device), batch.labels.to(device)
+            on(batch.input_ids), on(batch.attention_mask), on(batch.labels), on(batch.position_ids)
         )
+
+    def _micro_batches(self, indices: list[int]) -> list[Batch]:
+        """One batch's examples as micro-batches within the token budget, packed or padded."""
+        lengths = [len(self.train_examples[i].input_ids) for i in indices]
+        parts = split_by_tokens(lengths, self.levers.max_batch_tokens)
+        make = pack if self.levers.packed else lambda ex, idx: collate(ex, idx, self.pad_id)
+        return [make(self.train_examples, [indices[k] for k in part]) for part in parts]
 
     def _unwrapped(self) -> Any:
         return self.accelerator.unwrap_model(self.loss_module).lm
@@ -267,7 +218,7 @@ class Trainer:
 
     def _train_step(self, group: list[tuple[list[int], bool]]) -> dict[str, float]:
         device = self.accelerator.device
-        batches = [(collate(self.train_examples, idx, self.pad_id), real) for idx, real in group]
+        batches = [(b, real) for idx, real in group for b in self._micro_batches(idx)]
         # every process divides by the label tokens of all of them; DDP averages gradients over
         # processes, so each scales by their number: the step is that of one big batch
         label_total = total(self.accelerator, sum(b.label_tokens for b, real in batches if real))
@@ -329,6 +280,7 @@ class Trainer:
             "steps": self.total_steps,
         }
         rep.event(f"training on {stats}")
+        rep.event(str(self.levers))
         rep.begin(self.total_steps)
         if self.train_stats.truncated:
             rep.event(

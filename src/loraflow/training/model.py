@@ -1,0 +1,167 @@
+"""The model a fine-tune trains: precision, the response loss, and the speed levers applied.
+
+``build`` loads the base, wraps it in LoRA, and applies what ``TrainingConfig`` asks for on
+this device (``loraflow.training.speed``): on a CPU bf16 base weights, the shared fast
+dropout and a token budget; on a GPU also packed batches (FlashAttention 2 when installed,
+else SDPA), Liger's kernels when installed, and torch.compile. ``Levers`` records what was
+applied, for the run's log and for tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from loraflow.models.zoo import ModelSpec
+from loraflow.settings import TrainingConfig
+from loraflow.training import speed
+from loraflow.training.data import IGNORE
+
+
+def device_dtype(spec: ModelSpec) -> tuple[Any, str]:
+    """Load dtype of the base and accelerate's mixed-precision mode: bf16 where supported.
+
+    On a GPU with bf16 the base is loaded in bf16. On a CPU with native bf16 (AVX-512 BF16 /
+    AMX) it is loaded in fp32 and trained under bf16 autocast (1.75x faster than fp32 for
+    SmolLM2-135M on this project's 2-core machine, at the same loss); the ``bf16_weights``
+    lever then stores the frozen linear weights in bf16.
+    """
+    cuda = torch.cuda.is_available()
+    if spec.dtype == "auto":
+        if cuda:
+            return (
+                (torch.bfloat16, "bf16")
+                if torch.cuda.is_bf16_supported()
+                else (torch.float16, "fp16")
+            )
+        return torch.float32, "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    dtype = getattr(torch, spec.dtype)
+    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(spec.dtype, "no") if cuda else "no"
+    return dtype, mixed
+
+
+def accelerator_for(factory: Any, mixed: str) -> Any:
+    """An Accelerator with ``mixed`` precision, even if this process trained before with another.
+
+    accelerate keeps precision in a process-wide singleton and refuses a second, different one;
+    a process that runs several fine-tunes (Python imports of the flow) needs each its own.
+    Only the precision state is reset: the distributed process group is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mixed)) != mixed:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    # without CUDA, several processes are CPU processes on gloo (accelerate needs telling)
+    return factory(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@dataclass
+class Levers:
+    """What ``build`` applied; ``str()`` is the line the run logs."""
+
+    bf16_weights: int = 0  # linear layers whose frozen weight is stored in bf16
+    shared_dropout: int = 0  # LoRA dropouts replaced by the shared fast one
+    max_batch_tokens: int | None = None
+    packed: bool = False  # padding-free batches, one row of concatenated examples
+    attention: str = "sdpa"
+    liger: bool = False
+    compiled_layers: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        on = [f"attention {self.attention}"]
+        on += [f"bf16 base weights ({self.bf16_weights} layers)"] if self.bf16_weights else []
+        on += [f"shared fast dropout ({self.shared_dropout})"] if self.shared_dropout else []
+        on += [f"token budget {self.max_batch_tokens}"] if self.max_batch_tokens else []
+        on += ["packed batches"] if self.packed else []
+        on += ["Liger kernels"] if self.liger else []
+        on += [f"compiled ({self.compiled_layers} layers)"] if self.compiled_layers else []
+        off = f"; not used: {', '.join(self.skipped)}" if self.skipped else ""
+        return "speed: " + ", ".join(on) + off
+
+
+def build(
+    model_dir: Any, spec: ModelSpec, lora: dict[str, Any], mixed: str, config: TrainingConfig
+) -> tuple[Any, Levers]:
+    """The peft model to train, with this device's levers applied."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype, _ = device_dtype(spec)
+    cuda = torch.cuda.is_available()
+    levers = Levers(packed=config.wants_packing(cuda))
+    if cuda and _installed("flash_attn"):
+        levers.attention = "flash_attention_2"
+    elif cuda:
+        levers.skipped.append("FlashAttention 2 (flash-attn is not installed)")
+    base = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, attn_implementation=levers.attention
+    )
+    if cuda and config.liger:
+        if _installed("liger_kernel"):
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(
+                model=base, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                fused_linear_cross_entropy=False,
+            )  # fmt: skip
+            levers.liger = True
+        else:
+            levers.skipped.append("Liger kernels (liger-kernel is not installed)")
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
+    if config.bf16_weights and mixed == "bf16":
+        levers.bf16_weights = speed.bf16_base(model)
+    if config.wants_compile(cuda):
+        levers.compiled_layers = speed.compile_layers(model)  # compiled RNG is fused already
+    elif config.shared_dropout:
+        levers.shared_dropout = speed.share_dropout(model)
+    levers.max_batch_tokens = config.max_batch_tokens
+    return model, levers
+
+
+class ResponseLoss(torch.nn.Module):
+    """A peft model whose forward is the loss, so accelerate (and DDP) wrap one module.
+
+    Returns the summed cross-entropy over label tokens and their count. Logits are computed
+    only where a label is predicted: prompt and padding positions never reach the
+    vocabulary-sized output layer; with Liger (``fused=True``) not even those are kept whole.
+    ``position_ids`` marks a packed row: positions restart at each example, and the model's
+    attention keeps examples apart.
+    """
+
+    def __init__(self, lm: Any, fused: bool = False) -> None:
+        super().__init__()
+        self.lm = lm
+        self.fused = fused
+
+    def forward(
+        self, input_ids: Any, attention_mask: Any, labels: Any, position_ids: Any = None
+    ) -> tuple[Any, Any]:
+        causal = self.lm.get_base_model()
+        hidden = causal.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        head = causal.get_output_embeddings()
+        if self.fused:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+            loss = liger_fused_linear_cross_entropy(
+                hidden[:, :-1][keep], head.weight, target[keep], reduction="sum"
+            )
+            return loss, keep.sum()
+        logits = head(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, target[keep], reduction="sum"), keep.sum()

@@ -1,0 +1,144 @@
+"""The trainer's speed levers: each keeps the numbers it promises to keep (tiny model)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from loraflow.settings import TrainingConfig
+from loraflow.training.data import Example, collate, pack
+from loraflow.training.distributed import Distributed
+from loraflow.training.loop import Trainer
+from loraflow.training.model import ResponseLoss
+from loraflow.training.speed import SharedDropout, _LastInput, bf16_base, split_by_tokens
+from tests.training.conftest import RecordingReporter
+
+# the stated tolerance of the loss-curve test: the first steps' losses with every lever on
+# stay within 1% of the plain path's (measured: within 0.05% on this model)
+CURVE_TOLERANCE = 0.01
+CURVE_STEPS = 8
+
+
+def test_shared_dropout_drops_p_and_rescales() -> None:
+    torch.manual_seed(0)
+    drop = SharedDropout(0.05, _LastInput()).train()
+    out = drop(torch.ones(2048, 512))
+    n = out.numel()
+    dropped = float((out == 0).float().mean())
+    assert abs(dropped - 0.05) < 5 * math.sqrt(0.05 * 0.95 / n)  # five standard errors
+    values = sorted(torch.unique(out).tolist())
+    assert values[0] == 0.0 and values[1:] == [pytest.approx(1 / 0.95, rel=1e-4)]
+    assert float(out.mean()) == pytest.approx(1.0, abs=0.005)  # the expectation is kept
+
+
+def test_modules_reading_one_input_share_one_draw() -> None:
+    last = _LastInput()
+    q, k = SharedDropout(0.1, last).train(), SharedDropout(0.1, last).train()
+    x, y = torch.randn(64, 32), torch.randn(64, 32)
+    assert k(x) is q(x)  # q/k/v read the same hidden states: one draw, one product
+    assert not torch.equal(q(y) == 0, q(x) == 0)  # another input, another draw
+    assert q.eval()(x) is x  # no dropout outside training
+
+
+def test_the_draw_follows_torch_seed() -> None:
+    def mask() -> torch.Tensor:
+        torch.manual_seed(7)
+        return SharedDropout(0.05, _LastInput()).train()(torch.ones(100, 100)) == 0
+
+    assert torch.equal(mask(), mask())
+
+
+def test_split_by_tokens_keeps_every_row_once_within_the_budget() -> None:
+    lengths = [30, 5, 12, 12, 40, 7, 100]
+    parts = split_by_tokens(lengths, 64)
+    assert sorted(i for p in parts for i in p) == list(range(len(lengths)))
+    for part in parts:
+        width = max(lengths[i] for i in part)
+        assert width * len(part) <= 64 or len(part) == 1  # a row over the budget goes alone
+    assert [6] in parts
+    assert split_by_tokens(lengths, None) == [sorted(range(7), key=lambda i: -lengths[i])]
+
+
+def _tiny_lm(tiny_plan):  # type: ignore[no-untyped-def]
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    plan = tiny_plan()
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(plan.model_dir, dtype=torch.float32)
+    config = LoraConfig(task_type="CAUSAL_LM", target_modules=plan.spec.target_modules, r=4)
+    lm = get_peft_model(base, config, autocast_adapter_dtype=True)
+    for p in lm.parameters():  # LoRA B starts at zero; give the adapter a say in the loss
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    return lm.eval()
+
+
+def _examples() -> list[Example]:
+    rows = [list(range(3, 3 + n)) for n in (9, 4, 13, 6)]
+    return [Example(ids, [-100] * 2 + ids[2:]) for ids in rows]
+
+
+def test_a_packed_batch_has_the_loss_of_the_padded_one(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    """The GPU path's padding-free rows: positions restart per example and attention keeps the
+    examples apart (checked here on the CPU through the same transformers code)."""
+    loss = ResponseLoss(_tiny_lm(tiny_plan))
+    examples = _examples()
+    padded, packed = collate(examples, [0, 1, 2, 3], 0), pack(examples, [0, 1, 2, 3])
+    assert packed.input_ids.shape == (1, sum(len(e.input_ids) for e in examples))
+    assert packed.slots == packed.real_tokens == padded.real_tokens
+    with torch.no_grad():
+        a, n = loss(padded.input_ids, padded.attention_mask, padded.labels)
+        b, m = loss(packed.input_ids, None, packed.labels, packed.position_ids)
+    assert int(n) == int(m) == padded.label_tokens == packed.label_tokens
+    assert float(b) == pytest.approx(float(a), rel=1e-5)
+    # without the positions the examples would see each other: a different loss
+    with torch.no_grad():
+        c, _ = loss(packed.input_ids, None, packed.labels)
+    assert float(c) != pytest.approx(float(a), rel=1e-4)
+
+
+def test_bf16_base_weights_change_no_loss_under_autocast(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    lm = _tiny_lm(tiny_plan)
+    batch = collate(_examples(), [0, 1, 2, 3], 0)
+
+    def loss() -> float:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return float(ResponseLoss(lm)(batch.input_ids, batch.attention_mask, batch.labels)[0])
+
+    before = loss()
+    assert bf16_base(lm) == 14  # 7 projections x 2 layers
+    assert loss() == before  # autocast cast these weights to the same bf16 values anyway
+    assert all(p.dtype == torch.float32 for p in lm.parameters() if p.requires_grad)
+
+
+def _curve(tiny_plan, out: str, config: TrainingConfig, **hyper: object) -> list[float]:  # type: ignore[no-untyped-def]
+    plan = tiny_plan(out=out, **hyper)
+    plan.checkpoints.prefix = f"fine-tunes/ft-{out}/checkpoints"  # each run from the start
+    plan.training = config
+    plan.distributed = Distributed(mixed_precision="bf16")  # bf16 autocast, as on this CPU
+    reporter = RecordingReporter()
+    trainer = Trainer(plan, reporter)
+    trainer.run()
+    assert any(message.startswith("speed: ") for _, message in reporter.events)
+    return [values["loss"] for _, values in reporter.history]
+
+
+def test_the_levers_keep_the_loss_curve(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    plain = _curve(tiny_plan, "plain", TrainingConfig.plain(), epochs=1)
+    fast = _curve(tiny_plan, "fast", TrainingConfig(max_batch_tokens=64), epochs=1)
+    gaps = [abs(b - a) / a for a, b in zip(plain[:CURVE_STEPS], fast[:CURVE_STEPS], strict=True)]
+    print(f"largest relative gap over the first {CURVE_STEPS} steps: {max(gaps):.2e}")
+    assert max(gaps) <= CURVE_TOLERANCE, gaps
+
+
+def test_a_token_budget_leaves_each_step_as_it_was(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    """Without dropout (the one random part), micro-batches give the same steps as whole ones."""
+    whole = TrainingConfig(max_batch_tokens=None)
+    split = TrainingConfig(max_batch_tokens=64)  # every batch of 4 runs as two or more
+    hyper = {"epochs": 1, "peft_config": {"lora_dropout": 0.0}}
+    a = _curve(tiny_plan, "whole", whole, **hyper)
+    b = _curve(tiny_plan, "split", split, **hyper)
+    assert b == pytest.approx(a, rel=1e-4)
