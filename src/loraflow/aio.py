@@ -1,4 +1,8 @@
-"""Iterating blocking iterators from asyncio without tying up executor threads."""
+"""Streams of a backend's events on an asyncio event loop, without tying up executor threads.
+
+The engine's scheduler hands events straight to the loop (``submitted``); a backend that only
+has a blocking iterator (vLLM's client) is read by a thread of its own (``iterate_in_thread``).
+"""
 
 from __future__ import annotations
 
@@ -57,3 +61,31 @@ async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[
             yield item
     finally:
         stop.set()
+
+
+async def submitted(backend: Any, requests: list[Any], timeout: float | None) -> AsyncIterator[Any]:
+    """The events of ``requests`` submitted to ``backend``, as they come.
+
+    With the engine (``submit_to``) its scheduler thread wakes this loop with each event: no
+    thread waits per stream. Leaving the iteration early cancels the requests.
+    """
+    submit_to = getattr(backend, "submit_to", None)
+    if submit_to is None:
+        async for event in iterate_in_thread(lambda: backend.submit(requests, timeout=timeout)):
+            yield event
+        return
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+    cancel = submit_to(requests, put, timeout)
+    try:
+        while (item := await items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        cancel.set()

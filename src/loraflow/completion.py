@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -145,22 +145,36 @@ class Call:
 
         Event indexes count within the batch. Raises CompletionTimeoutError on a timeout.
         """
-        from loraflow import metrics
-
         started, first = time.monotonic(), True
         for event in self.backend.submit(batch or self.requests, timeout=self.params.timeout):
-            if event.finish_reason == "timeout":
-                raise CompletionTimeoutError(
-                    f"timeout: the completion took longer than {self.params.timeout} s; "
-                    "raise timeout or lower max_new_tokens"
-                )
-            if first:
-                metrics.FIRST_TOKEN.labels(self.served).observe(time.monotonic() - started)
-                first = False
-            if event.finished:
-                metrics.TOKENS.labels(self.served).inc(event.completion_tokens)
-                metrics.COMPLETIONS.labels(self.served, event.finish_reason or "stop").inc()
+            self._count(event, started if first else None)
+            first = False
             yield event
+
+    async def aevents(self) -> AsyncIterator[Any]:
+        """``events()`` of every request on an event loop (the HTTP service's streams)."""
+        from loraflow.aio import submitted
+
+        started, first = time.monotonic(), True
+        async for event in submitted(self.backend, self.requests, self.params.timeout):
+            self._count(event, started if first else None)
+            first = False
+            yield event
+
+    def _count(self, event: Any, started: float | None) -> None:
+        """Raise on a timeout; else record the event in the metrics (``started``: the first)."""
+        from loraflow import metrics
+
+        if event.finish_reason == "timeout":
+            raise CompletionTimeoutError(
+                f"timeout: the completion took longer than {self.params.timeout} s; "
+                "raise timeout or lower max_new_tokens"
+            )
+        if started is not None:
+            metrics.FIRST_TOKEN.labels(self.served).observe(time.monotonic() - started)
+        if event.finished:
+            metrics.TOKENS.labels(self.served).inc(event.completion_tokens)
+            metrics.COMPLETIONS.labels(self.served, event.finish_reason or "stop").inc()
 
     def outputs(self, batch_size: int = 32) -> list[CompletionOutput]:
         """Run every request (in batches of similar length) and return one output each."""
@@ -220,20 +234,31 @@ def stream(
 def _chunks(call: Call, rid: str) -> Iterator[CompletionStreamResponse]:
     size = len(call.requests[0].prompt_ids)
     for event in call.events():
-        token = None
-        if event.log_prob is not None:
-            token = TokenOutput(token=event.token, log_prob=event.log_prob)
-        yield CompletionStreamResponse(
-            request_id=rid,
-            output=CompletionStreamOutput(
-                text=event.text,
-                finished=event.finished,
-                num_prompt_tokens=size if event.finished else None,
-                num_completion_tokens=event.completion_tokens,
-                token=token,
-                finish_reason=event.finish_reason,
-            ),
-        )
+        yield _chunk(event, rid, size)
+
+
+async def achunks(call: Call) -> AsyncIterator[CompletionStreamResponse]:
+    """``stream``'s chunks of a resolved call, on an event loop (the HTTP service)."""
+    rid, size = request_id(), len(call.requests[0].prompt_ids)
+    async for event in call.aevents():
+        yield _chunk(event, rid, size)
+
+
+def _chunk(event: Any, rid: str, size: int) -> CompletionStreamResponse:
+    token = None
+    if event.log_prob is not None:
+        token = TokenOutput(token=event.token, log_prob=event.log_prob)
+    return CompletionStreamResponse(
+        request_id=rid,
+        output=CompletionStreamOutput(
+            text=event.text,
+            finished=event.finished,
+            num_prompt_tokens=size if event.finished else None,
+            num_completion_tokens=event.completion_tokens,
+            token=token,
+            finish_reason=event.finish_reason,
+        ),
+    )
 
 
 def check_inputs(inputs: Any) -> None:

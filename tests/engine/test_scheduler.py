@@ -128,3 +128,51 @@ def test_a_failing_batch_raises_in_its_callers_and_the_scheduler_goes_on(
     with pytest.raises(RuntimeError, match="device lost"):
         list(engine.submit([Request(engine.encode("Hi"), None, GREEDY)]))
     assert list(engine.submit([Request(engine.encode("Hi"), None, GREEDY)]))[-1].finished
+
+
+def test_event_loop_streams_need_no_thread_each_and_match_blocking_ones(engine: Engine) -> None:
+    """The HTTP service's path (``loraflow.aio.submitted``): the scheduler wakes the loop."""
+    import asyncio
+
+    from loraflow.aio import submitted
+
+    engine._scheduler = Scheduler(engine)
+    requests = [[Request(engine.encode(p), None, GREEDY)] for p in PROMPTS]
+    expected = [text(engine.submit(r)) for r in requests]
+    threads: list[int] = []
+
+    async def one(r: list[Request]) -> str:
+        events = [e async for e in submitted(engine, r, None)]
+        threads.append(threading.active_count())
+        return text(events)
+
+    async def all_of() -> list[str]:
+        before = threading.active_count()
+        got = await asyncio.gather(*(one(r) for r in requests))
+        threads.append(before)
+        return got
+
+    assert asyncio.run(all_of()) == expected
+    assert max(threads) <= threads[-1]  # six streams at once, not one more thread
+
+
+def test_leaving_an_event_loop_stream_cancels_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from loraflow.aio import submitted
+
+    recorder = Recorder(engine, monkeypatch)
+    engine._scheduler = Scheduler(engine)
+    long = Sampling(max_new_tokens=200, temperature=0)
+
+    async def leave() -> int:
+        stream = submitted(engine, [Request(engine.encode("Hi"), None, long)], None)
+        first = await anext(stream)
+        await stream.aclose()  # a client disconnecting
+        return first.completion_tokens
+
+    assert asyncio.run(leave()) == 1
+    assert engine._scheduler.idle.wait(timeout=30)
+    assert len(recorder.events) < 100  # its row left the batch far short of 200 tokens

@@ -91,12 +91,24 @@ class Engine(PromptedBackend):
         """
         for r in requests:
             self.check(r)
+        return self._scheduler_now().submit(requests, timeout)
+
+    def submit_to(
+        self, requests: list[Request], put: Any, timeout: float | None = None
+    ) -> threading.Event:
+        """Like ``submit``, but the scheduler hands each event to ``put`` (then None at the
+        end); returns the event that cancels them (``Scheduler.submit_to``)."""
+        for r in requests:
+            self.check(r)
+        return self._scheduler_now().submit_to(requests, put, timeout)
+
+    def _scheduler_now(self) -> Any:
         with self._lock_scheduler:
             if self._scheduler is None:
                 from loraflow.engine.scheduler import Scheduler
 
                 self._scheduler = Scheduler(self)
-        return self._scheduler.submit(requests, timeout)
+        return self._scheduler
 
     def generate_batch(self, requests: list[Request]) -> Iterator[TokenEvent]:
         """Run checked requests as one batch until every one has finished."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,10 +25,20 @@ MAX_BATCH = 64
 _DONE = object()
 
 
+class _Handoff:
+    """A submission's events handed to a callable as they come (``Scheduler.submit_to``)."""
+
+    def __init__(self, put: Callable[[Any], None]) -> None:
+        self.deliver = put
+
+    def put(self, item: Any) -> None:
+        self.deliver(None if item is _DONE else item)
+
+
 @dataclass
 class _Submission:
     requests: list[Request]
-    events: queue.Queue[Any] = field(default_factory=queue.Queue)
+    events: queue.Queue[Any] | _Handoff = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     remaining: int = 0  # requests not finished yet
 
@@ -55,13 +65,25 @@ class Scheduler:
 
         Event indexes count within ``requests``. Closing the iterator early cancels them.
         """
+        sub = self._queue(requests, timeout, _Submission([]))
+        return self._events(sub)
+
+    def submit_to(
+        self, requests: list[Request], put: Callable[[Any], None], timeout: float | None = None
+    ) -> threading.Event:
+        """Queue ``requests``; this scheduler's thread hands ``put`` each event as it comes, an
+        exception if they fail, then None. No thread waits on the caller's side (the HTTP
+        service passes a callable that wakes its event loop). Set the returned event to cancel.
+        """
+        return self._queue(requests, timeout, _Submission([], _Handoff(put))).cancelled
+
+    def _queue(self, requests: list[Request], timeout: float | None, sub: _Submission) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        sub = _Submission([])
         sub.requests = [replace(r, deadline=deadline, cancelled=sub.cancelled) for r in requests]
         sub.remaining = len(sub.requests)
         self.idle.clear()
         self._pending.put(sub)
-        return self._events(sub)
+        return sub
 
     @staticmethod
     def _events(sub: _Submission) -> Iterator[TokenEvent]:

@@ -17,7 +17,6 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import completion
-from loraflow.aio import iterate_in_thread
 from loraflow.batch import JOB_IDS as BATCH_IDS
 from loraflow.errors import InvalidRequestError
 from loraflow.files import FILE_ID
@@ -267,16 +266,16 @@ async def completions_stream(
     params = body.params()
     # resolving the model and checking the prompt happen before the stream starts, so
     # their errors are plain 4xx responses
-    chunks = await run_in_threadpool(
-        completion.stream, model_endpoint_name, body.prompt, None, params
+    call = await run_in_threadpool(
+        completion.Call, model_endpoint_name, [(body.prompt, None)], params
     )
-    return EventSourceResponse(_sse(chunks), ping=15)
+    return EventSourceResponse(_sse(completion.achunks(call)), ping=15)
 
 
 async def _sse(chunks: Any) -> Any:
     request_id = None
     try:
-        async for chunk in iterate_in_thread(lambda: chunks):
+        async for chunk in chunks:
             request_id = chunk.request_id
             yield {"data": chunk.model_dump_json(exclude_none=False)}
     except Exception as exc:  # after the stream started: an error chunk, as LLM Engine does

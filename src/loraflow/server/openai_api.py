@@ -19,7 +19,6 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from loraflow import completion
-from loraflow.aio import iterate_in_thread
 from loraflow.errors import InvalidRequestError
 from loraflow.sdk import Model
 from loraflow.server.errors import NOT_FOUND, message_of
@@ -268,7 +267,7 @@ def _stream(call: completion.Call, head: dict[str, Any], choice: Any, usage: boo
         seen: set[int] = set()
         tokens = 0
         try:
-            async for event in iterate_in_thread(call.events):
+            async for event in call.aevents():
                 body = head | {"choices": [choice(event, event.index not in seen)]}
                 seen.add(event.index)
                 tokens += 1
