@@ -65,8 +65,9 @@ class Scheduler:
 
         Event indexes count within ``requests``. Closing the iterator early cancels them.
         """
-        sub = self._queue(requests, timeout, _Submission([]))
-        return self._events(sub)
+        events: queue.Queue[Any] = queue.Queue()
+        self._queue(requests, timeout, sub := _Submission([], events))
+        return self._events(sub, events)
 
     def submit_to(
         self, requests: list[Request], put: Callable[[Any], None], timeout: float | None = None
@@ -77,7 +78,9 @@ class Scheduler:
         """
         return self._queue(requests, timeout, _Submission([], _Handoff(put))).cancelled
 
-    def _queue(self, requests: list[Request], timeout: float | None, sub: _Submission) -> Any:
+    def _queue(
+        self, requests: list[Request], timeout: float | None, sub: _Submission
+    ) -> _Submission:
         deadline = None if timeout is None else time.monotonic() + timeout
         sub.requests = [replace(r, deadline=deadline, cancelled=sub.cancelled) for r in requests]
         sub.remaining = len(sub.requests)
@@ -86,10 +89,10 @@ class Scheduler:
         return sub
 
     @staticmethod
-    def _events(sub: _Submission) -> Iterator[TokenEvent]:
+    def _events(sub: _Submission, events: queue.Queue[Any]) -> Iterator[TokenEvent]:
         try:
             while True:
-                item = sub.events.get()
+                item = events.get()
                 if item is _DONE:
                     return
                 if isinstance(item, BaseException):
