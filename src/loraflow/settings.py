@@ -62,8 +62,11 @@ class TrainingConfig(BaseModel):
     bf16_weights: bool = Field(
         True, description="Store the frozen base's linear weights in bf16 when training in bf16."
     )
-    shared_dropout: bool = Field(
-        True, description="One fast LoRA-dropout mask per input, shared by the modules reading it."
+    fast_dropout: bool = Field(
+        True, description="LoRA dropout masks drawn 16 bits an element (about 4x cheaper)."
+    )
+    share_dropout: bool = Field(
+        False, description="Modules reading one input (q/k/v, gate/up) share one dropout draw."
     )
     max_batch_tokens: int | None = Field(
         2048,
@@ -84,7 +87,7 @@ class TrainingConfig(BaseModel):
         """Every lever off: fp32 base, peft's dropout, whole padded batches, eager, no Liger."""
         return cls(
             bf16_weights=False,
-            shared_dropout=False,
+            fast_dropout=False,
             max_batch_tokens=None,
             pack="off",
             liger=False,

@@ -18,9 +18,7 @@ def test_training_lowers_the_loss_and_saves_an_adapter(tiny_plan) -> None:  # ty
     history = [v for _, v in reporter.history]
     assert result.steps == len(history) == reporter.total_steps == 4 * 14  # 54 rows, batches of 4
     first, last = sum(h["loss"] for h in history[:5]) / 5, sum(h["loss"] for h in history[-5:]) / 5
-    # measured on this model: the plain path lowers it by 0.08-0.24 depending on the seed, the
-    # default levers by 0.08 (seeds 0-2); the curve itself is compared in test_speed.py
-    assert last < first - 0.05
+    assert last < first - 0.1
     assert "eval_loss" in history[13] and "eval_loss" in history[-1]
     assert all(h["pad_fraction"] < 0.2 for h in history)
     assert (result.adapter_dir / "adapter_config.json").is_file()

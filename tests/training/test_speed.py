@@ -12,7 +12,7 @@ from loraflow.training.data import Example, collate, pack
 from loraflow.training.distributed import Distributed
 from loraflow.training.loop import Trainer
 from loraflow.training.model import ResponseLoss
-from loraflow.training.speed import SharedDropout, _LastInput, bf16_base, split_by_tokens
+from loraflow.training.speed import FastDropout, _LastInput, bf16_base, split_by_tokens
 from tests.training.conftest import RecordingReporter
 
 # the stated tolerance of the loss-curve test: the first steps' losses with every lever on
@@ -21,9 +21,9 @@ CURVE_TOLERANCE = 0.01
 CURVE_STEPS = 8
 
 
-def test_shared_dropout_drops_p_and_rescales() -> None:
+def test_fast_dropout_drops_p_and_rescales() -> None:
     torch.manual_seed(0)
-    drop = SharedDropout(0.05, _LastInput()).train()
+    drop = FastDropout(0.05).train()
     out = drop(torch.ones(2048, 512))
     n = out.numel()
     dropped = float((out == 0).float().mean())
@@ -33,11 +33,13 @@ def test_shared_dropout_drops_p_and_rescales() -> None:
     assert float(out.mean()) == pytest.approx(1.0, abs=0.005)  # the expectation is kept
 
 
-def test_modules_reading_one_input_share_one_draw() -> None:
-    last = _LastInput()
-    q, k = SharedDropout(0.1, last).train(), SharedDropout(0.1, last).train()
+def test_masks_are_independent_unless_shared() -> None:
     x, y = torch.randn(64, 32), torch.randn(64, 32)
-    assert k(x) is q(x)  # q/k/v read the same hidden states: one draw, one product
+    q, k = FastDropout(0.1).train(), FastDropout(0.1).train()
+    assert not torch.equal(q(x) == 0, k(x) == 0)  # by default each module draws its own
+    last = _LastInput()
+    q, k = FastDropout(0.1, last).train(), FastDropout(0.1, last).train()
+    assert k(x) is q(x)  # shared: q/k/v read the same hidden states, one draw, one product
     assert not torch.equal(q(y) == 0, q(x) == 0)  # another input, another draw
     assert q.eval()(x) is x  # no dropout outside training
 
@@ -45,7 +47,7 @@ def test_modules_reading_one_input_share_one_draw() -> None:
 def test_the_draw_follows_torch_seed() -> None:
     def mask() -> torch.Tensor:
         torch.manual_seed(7)
-        return SharedDropout(0.05, _LastInput()).train()(torch.ones(100, 100)) == 0
+        return FastDropout(0.05).train()(torch.ones(100, 100)) == 0
 
     assert torch.equal(mask(), mask())
 
@@ -129,9 +131,13 @@ def _curve(tiny_plan, out: str, config: TrainingConfig, **hyper: object) -> list
 def test_the_levers_keep_the_loss_curve(tiny_plan) -> None:  # type: ignore[no-untyped-def]
     plain = _curve(tiny_plan, "plain", TrainingConfig.plain(), epochs=1)
     fast = _curve(tiny_plan, "fast", TrainingConfig(max_batch_tokens=64), epochs=1)
-    gaps = [abs(b - a) / a for a, b in zip(plain[:CURVE_STEPS], fast[:CURVE_STEPS], strict=True)]
-    print(f"largest relative gap over the first {CURVE_STEPS} steps: {max(gaps):.2e}")
-    assert max(gaps) <= CURVE_TOLERANCE, gaps
+    shared = _curve(tiny_plan, "shared", TrainingConfig(share_dropout=True), epochs=1)
+    for curve in (fast, shared):
+        gaps = [
+            abs(b - a) / a for a, b in zip(plain[:CURVE_STEPS], curve[:CURVE_STEPS], strict=True)
+        ]
+        print(f"largest relative gap over the first {CURVE_STEPS} steps: {max(gaps):.2e}")
+        assert max(gaps) <= CURVE_TOLERANCE, gaps
 
 
 def test_a_token_budget_leaves_each_step_as_it_was(tiny_plan) -> None:  # type: ignore[no-untyped-def]

@@ -1,8 +1,8 @@
 """The model a fine-tune trains: precision, the response loss, and the speed levers applied.
 
 ``build`` loads the base, wraps it in LoRA, and applies what ``TrainingConfig`` asks for on
-this device (``loraflow.training.speed``): on a CPU bf16 base weights, the shared fast
-dropout and a token budget; on a GPU also packed batches (FlashAttention 2 when installed,
+this device (``loraflow.training.speed``): on a CPU bf16 base weights, the fast dropout
+and a token budget; on a GPU also packed batches (FlashAttention 2 when installed,
 else SDPA), Liger's kernels when installed, and torch.compile. ``Levers`` records what was
 applied, for the run's log and for tests.
 """
@@ -69,7 +69,8 @@ class Levers:
     """What ``build`` applied; ``str()`` is the line the run logs."""
 
     bf16_weights: int = 0  # linear layers whose frozen weight is stored in bf16
-    shared_dropout: int = 0  # LoRA dropouts replaced by the shared fast one
+    fast_dropout: int = 0  # LoRA dropouts replaced by the fast one
+    shared: bool = False  # ... sharing one draw per input
     max_batch_tokens: int | None = None
     packed: bool = False  # padding-free batches, one row of concatenated examples
     attention: str = "sdpa"
@@ -80,7 +81,8 @@ class Levers:
     def __str__(self) -> str:
         on = [f"attention {self.attention}"]
         on += [f"bf16 base weights ({self.bf16_weights} layers)"] if self.bf16_weights else []
-        on += [f"shared fast dropout ({self.shared_dropout})"] if self.shared_dropout else []
+        kind = "shared fast dropout" if self.shared else "fast dropout"
+        on += [f"{kind} ({self.fast_dropout})"] if self.fast_dropout else []
         on += [f"token budget {self.max_batch_tokens}"] if self.max_batch_tokens else []
         on += ["packed batches"] if self.packed else []
         on += ["Liger kernels"] if self.liger else []
@@ -122,8 +124,9 @@ def build(
         levers.bf16_weights = speed.bf16_base(model)
     if config.wants_compile(cuda):
         levers.compiled_layers = speed.compile_layers(model)  # compiled RNG is fused already
-    elif config.shared_dropout:
-        levers.shared_dropout = speed.share_dropout(model)
+    elif config.fast_dropout:
+        levers.fast_dropout = speed.fast_dropout(model, config.share_dropout)
+        levers.shared = config.share_dropout
     levers.max_batch_tokens = config.max_batch_tokens
     return model, levers
 

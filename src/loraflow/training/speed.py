@@ -3,12 +3,12 @@
 - **bf16 base weights** where training runs under bf16 autocast: the frozen linear weights
   are stored in bf16, so autocast stops casting every weight on every use (it would cast to
   the same values: no number changes). Trainable LoRA weights, embeddings and norms keep fp32.
-- **shared fast LoRA dropout**: a mask drawn 16 bits an element from 64-bit words (about 4x
-  cheaper than ``bernoulli_`` on a CPU), and modules reading the same input (q/k/v, gate/up)
-  share the dropped input: one draw, one product, one saved activation (already in the
-  autocast dtype lora_A would cast it to). Each module's mask
-  has peft's distribution (drop probability ``p`` to within 2**-17); only their independence
-  across modules sharing an input is given up.
+- **fast LoRA dropout**: a mask drawn 16 bits an element from 64-bit words (about 4x cheaper
+  than ``bernoulli_`` on a CPU), each mask with peft's distribution (drop probability ``p``
+  to within 2**-17), the product already in the autocast dtype lora_A would cast it to.
+  Optionally (``share_dropout``, off) modules reading the same input (q/k/v, gate/up) share
+  one dropped input: one draw, one product, one saved activation; it gives up the masks'
+  independence, and on the tiny model that trained measurably worse on some seeds.
 - **token budget**: a batch whose padded size exceeds ``max_batch_tokens`` runs as several
   micro-batches of the same step (the loss is summed over label tokens and divided once, so
   the step is the same) - peak memory follows the budget, not the longest example.
@@ -44,7 +44,7 @@ def bf16_base(model: Any) -> int:
     return count
 
 
-# -- shared fast dropout -----------------------------------------------------------------------
+# -- fast dropout -----------------------------------------------------------------------------
 class _LastInput:
     """The input most recently dropped out, and its result, shared by the modules of a model."""
 
@@ -53,11 +53,12 @@ class _LastInput:
         self.out: Any = None
 
 
-class SharedDropout(torch.nn.Module):
-    """A drop-in for peft's ``lora_dropout`` module: modules handed the same input tensor get
-    the same dropped tensor (one draw, one product, one saved activation)."""
+class FastDropout(torch.nn.Module):
+    """A drop-in for peft's ``lora_dropout`` module with the cheaper draw. Given a shared
+    ``last``, modules handed the same input tensor get the same dropped tensor (one draw, one
+    product, one saved activation); without one, every call draws its own mask."""
 
-    def __init__(self, p: float, last: _LastInput) -> None:
+    def __init__(self, p: float, last: _LastInput | None = None) -> None:
         super().__init__()
         self.p = p
         self.last = last
@@ -69,17 +70,18 @@ class SharedDropout(torch.nn.Module):
         if not self.training or self.p == 0:
             return x
         last = self.last
-        if last.key is not None and last.key() is x:
+        if last is not None and last.key is not None and last.key() is x:
             return last.out
         out = x * keep_mask(x, self.threshold, self.scale)
         device = x.device.type
         if torch.is_autocast_enabled(device):  # lora_A would cast it; once is enough
             out = out.to(torch.get_autocast_dtype(device))
-        last.key, last.out = weakref.ref(x), out
+        if last is not None:
+            last.key, last.out = weakref.ref(x), out
         return out
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, shared"
+        return f"p={self.p}" + (", shared" if self.last is not None else "")
 
 
 def keep_mask(x: Any, threshold: int, scale: float) -> Any:
@@ -95,16 +97,17 @@ def keep_mask(x: Any, threshold: int, scale: float) -> Any:
     return keep.to(x.dtype).mul_(scale)
 
 
-def share_dropout(model: Any) -> int:
-    """Replace every LoRA dropout of ``model`` with the shared fast one; returns how many."""
-    last, count = _LastInput(), 0
+def fast_dropout(model: Any, share: bool) -> int:
+    """Replace every LoRA dropout of ``model`` with the fast one (``share``: modules reading
+    one input share its draw); returns how many."""
+    last, count = (_LastInput() if share else None), 0
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
         if not isinstance(drops, torch.nn.ModuleDict):
             continue
         for name, drop in list(drops.items()):
             if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
-                drops[name] = SharedDropout(drop.p, last)
+                drops[name] = FastDropout(drop.p, last)
                 count += 1
     return count
 
