@@ -34,9 +34,14 @@ def module_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def tuned(home: Path, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A fine-tune of the tiny model: unlike the bare base, its greedy answers vary."""
+    """A fine-tune of the tiny model: unlike the bare base, its greedy answers vary.
+
+    The seed is one whose adapter answers in text: on about 1 seed in 3 the tiny model answers
+    in stray bytes (measured over 6 seeds, the same with peft's dropout and loraflow's), and
+    text without two visible characters in a row leaves nothing to test stop sequences with.
+    """
     with in_home(home):
-        return tiny_fine_tune(tmp_path_factory.mktemp("data"), "served").fine_tuned_model
+        return tiny_fine_tune(tmp_path_factory.mktemp("data"), "served", seed=3).fine_tuned_model
 
 
 def test_llmengine_files(tmp_path: Path) -> None:
@@ -138,9 +143,12 @@ def test_llmengine_completions_sync_stream_and_async_agree(tuned: str) -> None:
 
 
 def stop_in(text: str) -> str:
-    """Two visible characters from inside ``text``, to use as a stop sequence."""
-    k = next(i for i in range(1, len(text) - 1) if text[i : i + 2].strip() == text[i : i + 2])
-    return text[k : k + 2]
+    """Two visible characters from inside ``text``, to use as a stop sequence (not U+FFFD,
+    which stands for bytes that are not text)."""
+    pairs = (text[i : i + 2] for i in range(1, len(text) - 1))
+    found = next((p for p in pairs if p.strip() == p and "\ufffd" not in p), None)
+    assert found, f"the fixture's answer has no two visible characters in a row: {text!r}"
+    return found
 
 
 def test_llmengine_errors(monkeypatch: pytest.MonkeyPatch) -> None:
