@@ -8,7 +8,8 @@
   to within 2**-17), the product already in the autocast dtype lora_A would cast it to.
   Optionally (``share_dropout``, off) modules reading the same input (q/k/v, gate/up) share
   one dropped input: one draw, one product, one saved activation; it gives up the masks'
-  independence, and on the tiny model that trained measurably worse on some seeds.
+  independence (on the tiny model, mean eval loss over 5 seeds 0.4 % above peft's dropout,
+  against 0.1 % for independent fast masks).
 - **token budget**: a batch whose padded size exceeds ``max_batch_tokens`` runs as several
   micro-batches of the same step (the loss is summed over label tokens and divided once, so
   the step is the same) - peak memory follows the budget, not the longest example.
