@@ -187,6 +187,7 @@ def child_loraflow(model: str, rows: int) -> dict[str, Any]:
         "eval_loss": eval_loss(
             lm, val_examples, trainer.pad_id, trainer.accelerator.mixed_precision
         ),
+        "precision": str(trainer.accelerator.mixed_precision),
         "lora_params": sum(p.numel() for p in lm.parameters() if p.requires_grad),
         "params": sum(p.numel() for p in lm.parameters() if not p.requires_grad),
     }
@@ -257,6 +258,7 @@ def child_hf(model: str, rows: int) -> dict[str, Any]:
         "seconds": timer.end - timer.start,
         "tokens": sum(len(e.input_ids) for e in examples) * HYPER["epochs"],
         "eval_loss": eval_loss(lm, encoded(spec, path, val), pad, mixed),
+        "precision": mixed,
     }
 
 
@@ -321,20 +323,13 @@ def main() -> None:
 
     import torch
 
-    from loraflow.models import resolve_model
-    from loraflow.training.model import device_dtype
-
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
         print("skipped: --device cuda, but torch sees no CUDA device")
         return
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
-    if device == "cuda":
-        mixed = device_dtype(resolve_model(args.model))[1]
-    else:
-        mixed = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores"
-    print(f"model {args.model}, {args.rows} rows, {HYPER}, LoRA {LORA}, precision {mixed}")
+    print(f"model {args.model}, {args.rows} rows, {HYPER}, LoRA {LORA}")
     print(f"device: {name}")
     results: dict[str, list[dict[str, Any]]] = {"hf": [], "loraflow": []}
     for i in range(args.repeat):
@@ -352,6 +347,12 @@ def main() -> None:
     }
     ours, theirs = results["loraflow"][-1], results["hf"][-1]
     flops_per_token = 4 * ours["params"] + 6 * ours["lora_params"]
+    # both children train in the precision their device gives (loraflow.training.model)
+    precisions = {r["precision"] for v in results.values() for r in v}
+    if len(precisions) != 1:
+        sys.exit(f"the two trainers ran in different precisions: {sorted(precisions)}")
+    mixed = precisions.pop()
+    print(f"precision: {mixed}")
     peak = matmul_peak(mixed, device)
     print(
         f"baseline (HF Trainer + peft, padded): {speed['hf']:.1f} real tokens/s "

@@ -20,6 +20,17 @@ class _Raised:
         self.exc = exc
 
 
+def _to_loop(items: asyncio.Queue[Any]) -> Callable[[Any], None]:
+    """A callable any thread may call to put an item on ``items``, in the running loop."""
+    loop = asyncio.get_running_loop()
+
+    def put(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+    return put
+
+
 async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
     """Yield the items of ``make()``, run in a thread of its own.
 
@@ -27,13 +38,9 @@ async def iterate_in_thread(make: Callable[[], Iterator[Any]]) -> AsyncIterator[
     Leaving the iteration early makes the thread close the iterator at its next item (for
     the engine's iterators, that cancels the generation).
     """
-    loop = asyncio.get_running_loop()
     items: asyncio.Queue[Any] = asyncio.Queue()
+    deliver = _to_loop(items)
     stop = threading.Event()
-
-    def deliver(item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
-            loop.call_soon_threadsafe(items.put_nowait, item)
 
     def pump() -> None:
         iterator = make()
@@ -74,14 +81,8 @@ async def submitted(backend: Any, requests: list[Any], timeout: float | None) ->
         async for event in iterate_in_thread(lambda: backend.submit(requests, timeout=timeout)):
             yield event
         return
-    loop = asyncio.get_running_loop()
     items: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
-            loop.call_soon_threadsafe(items.put_nowait, item)
-
-    cancel = submit_to(requests, put, timeout)
+    cancel = submit_to(requests, _to_loop(items), timeout)
     try:
         while (item := await items.get()) is not None:
             if isinstance(item, BaseException):

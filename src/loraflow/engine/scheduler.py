@@ -38,7 +38,7 @@ class _Handoff:
 @dataclass
 class _Submission:
     requests: list[Request]
-    events: queue.Queue[Any] | _Handoff = field(default_factory=queue.Queue)
+    events: queue.Queue[Any] | _Handoff
     cancelled: threading.Event = field(default_factory=threading.Event)
     remaining: int = 0  # requests not finished yet
 

@@ -99,7 +99,7 @@ class Trainer:
         from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
         plan, hp = self.plan, self.hp
-        mixed = device_dtype(plan.spec)[1]
+        dtype, mixed = device_dtype(plan.spec)
         if plan.distributed.mixed_precision != "auto":
             mixed = plan.distributed.mixed_precision
         self.accelerator = accelerator_for(Accelerator, mixed)
@@ -123,7 +123,7 @@ class Trainer:
         torch.manual_seed(hp.seed)
         lora = {"target_modules": plan.spec.target_modules, **hp.lora()}
         config = plan.training or get_settings().training
-        self.model, self.levers = build(plan.model_dir, plan.spec, lora, mixed, config)
+        self.model, self.levers = build(plan.model_dir, dtype, lora, mixed, config)
         if fsdp(self.accelerator):  # every process must run as many micro-batches
             self.levers.max_batch_tokens, self.levers.packed = None, False
         params = [p for p in self.model.parameters() if p.requires_grad]

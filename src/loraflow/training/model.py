@@ -92,13 +92,13 @@ class Levers:
 
 
 def build(
-    model_dir: Any, spec: ModelSpec, lora: dict[str, Any], mixed: str, config: TrainingConfig
+    model_dir: Any, dtype: Any, lora: dict[str, Any], mixed: str, config: TrainingConfig
 ) -> tuple[Any, Levers]:
-    """The peft model to train, with this device's levers applied."""
+    """The peft model to train (base loaded in ``dtype``, trained in ``mixed`` precision: see
+    ``device_dtype``), with this device's levers applied."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    dtype, _ = device_dtype(spec)
     cuda = torch.cuda.is_available()
     levers = Levers(packed=config.wants_packing(cuda))
     if cuda and _installed("flash_attn"):
