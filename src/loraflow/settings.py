@@ -62,6 +62,10 @@ class TrainingConfig(BaseModel):
     bf16_weights: bool = Field(
         True, description="Store the frozen base's linear weights in bf16 when training in bf16."
     )
+    cast_once: bool = Field(
+        True,
+        description="Under autocast, cast an input the LoRA layers read once for all of them.",
+    )
     fast_dropout: bool = Field(
         True, description="LoRA dropout masks drawn 16 bits an element (about 4x cheaper)."
     )
@@ -78,6 +82,16 @@ class TrainingConfig(BaseModel):
     liger: bool = Field(
         True, description="Liger's kernels on a GPU, when liger-kernel is installed."
     )
+    fp32_attention: Switch = Field(
+        "auto",
+        description="Attention in fp32 under bf16 autocast (auto: on a CPU only, where "
+        "torch's kernel is faster in fp32).",
+    )
+    chunked_loss: bool = Field(
+        True,
+        description="Cross-entropy chunk by chunk with its gradient in one pass, where "
+        "Liger's fused kernel is not used.",
+    )
     compile: Switch = Field(
         "auto", description="torch.compile each decoder layer (auto: on a GPU only)."
     )
@@ -87,15 +101,21 @@ class TrainingConfig(BaseModel):
         """Every lever off: fp32 base, peft's dropout, whole padded batches, eager, no Liger."""
         return cls(
             bf16_weights=False,
+            cast_once=False,
             fast_dropout=False,
             max_batch_tokens=None,
             pack="off",
             liger=False,
+            fp32_attention="off",
+            chunked_loss=False,
             compile="off",
         )
 
     def wants_packing(self, cuda: bool) -> bool:
         return self.pack == "on" or (self.pack == "auto" and cuda)
+
+    def wants_fp32_attention(self, cuda: bool) -> bool:
+        return self.fp32_attention == "on" or (self.fp32_attention == "auto" and not cuda)
 
     def wants_compile(self, cuda: bool) -> bool:
         return self.compile == "on" or (self.compile == "auto" and cuda)

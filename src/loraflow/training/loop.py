@@ -135,7 +135,7 @@ class Trainer:
             self.optimizer, math.ceil(hp.warmup_ratio * self.total_steps), self.total_steps
         )
         self.loss_module, self.optimizer = self.accelerator.prepare(
-            ResponseLoss(self.model, fused=self.levers.liger), self.optimizer
+            ResponseLoss(self.model, loss=self.levers.loss), self.optimizer
         )
         self.params = params
 

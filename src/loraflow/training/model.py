@@ -69,23 +69,32 @@ class Levers:
     """What ``build`` applied; ``str()`` is the line the run logs."""
 
     bf16_weights: int = 0  # linear layers whose frozen weight is stored in bf16
+    cast_once: int = 0  # LoRA layers whose input is cast to the autocast dtype once
     fast_dropout: int = 0  # LoRA dropouts replaced by the fast one
     shared: bool = False  # ... sharing one draw per input
     max_batch_tokens: int | None = None
     packed: bool = False  # padding-free batches, one row of concatenated examples
     attention: str = "sdpa"
     liger: bool = False
+    chunked_loss: bool = False
     compiled_layers: int = 0
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def loss(self) -> str:
+        """The ``ResponseLoss`` kind these levers ask for."""
+        return "liger" if self.liger else "chunked" if self.chunked_loss else "plain"
 
     def __str__(self) -> str:
         on = [f"attention {self.attention}"]
         on += [f"bf16 base weights ({self.bf16_weights} layers)"] if self.bf16_weights else []
+        on += [f"inputs cast once ({self.cast_once} layers)"] if self.cast_once else []
         kind = "shared fast dropout" if self.shared else "fast dropout"
         on += [f"{kind} ({self.fast_dropout})"] if self.fast_dropout else []
         on += [f"token budget {self.max_batch_tokens}"] if self.max_batch_tokens else []
         on += ["packed batches"] if self.packed else []
         on += ["Liger kernels"] if self.liger else []
+        on += ["chunked cross-entropy"] if self.chunked_loss else []
         on += [f"compiled ({self.compiled_layers} layers)"] if self.compiled_layers else []
         off = f"; not used: {', '.join(self.skipped)}" if self.skipped else ""
         return "speed: " + ", ".join(on) + off
@@ -103,6 +112,8 @@ def build(
     levers = Levers(packed=config.wants_packing(cuda))
     if cuda and _installed("flash_attn"):
         levers.attention = "flash_attention_2"
+    elif mixed == "bf16" and config.wants_fp32_attention(cuda):
+        levers.attention = speed.fp32_sdpa()
     elif cuda:
         levers.skipped.append("FlashAttention 2 (flash-attn is not installed)")
     base = AutoModelForCausalLM.from_pretrained(
@@ -122,11 +133,14 @@ def build(
     model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora))
     if config.bf16_weights and mixed == "bf16":
         levers.bf16_weights = speed.bf16_base(model)
+    if config.cast_once and mixed in ("bf16", "fp16"):
+        levers.cast_once = speed.cast_once(model)
     if config.wants_compile(cuda):
         levers.compiled_layers = speed.compile_layers(model)  # compiled RNG is fused already
     elif config.fast_dropout:
         levers.fast_dropout = speed.fast_dropout(model, config.share_dropout)
         levers.shared = config.share_dropout
+    levers.chunked_loss = config.chunked_loss and not levers.liger
     levers.max_batch_tokens = config.max_batch_tokens
     return model, levers
 
@@ -136,15 +150,19 @@ class ResponseLoss(torch.nn.Module):
 
     Returns the summed cross-entropy over label tokens and their count. Logits are computed
     only where a label is predicted: prompt and padding positions never reach the
-    vocabulary-sized output layer; with Liger (``fused=True``) not even those are kept whole.
-    ``position_ids`` marks a packed row: positions restart at each example, and the model's
-    attention keeps examples apart.
+    vocabulary-sized output layer. ``loss`` picks how: ``"plain"`` (the output layer, then
+    cross-entropy), ``"chunked"`` (``speed.ChunkedCrossEntropy``) or ``"liger"`` (Liger's
+    fused kernel; neither keeps all logits). ``position_ids`` marks a packed row: positions
+    restart at each example, and the model's attention keeps examples apart.
     """
 
-    def __init__(self, lm: Any, fused: bool = False) -> None:
+    CHUNK = 512  # label rows per chunk: 512 x 49152 fp32 logits are 100 MB
+
+    def __init__(self, lm: Any, loss: str = "plain") -> None:
         super().__init__()
         self.lm = lm
-        self.fused = fused
+        self.loss = loss
+        self.head_weight = speed.HeadWeight()
 
     def forward(
         self, input_ids: Any, attention_mask: Any, labels: Any, position_ids: Any = None
@@ -159,12 +177,20 @@ class ResponseLoss(torch.nn.Module):
         target = labels[:, 1:]
         keep = target != IGNORE
         head = causal.get_output_embeddings()
-        if self.fused:
+        rows = hidden[:, :-1][keep]
+        if self.loss == "liger":
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
             loss = liger_fused_linear_cross_entropy(
-                hidden[:, :-1][keep], head.weight, target[keep], reduction="sum"
+                rows, head.weight, target[keep], reduction="sum"
             )
             return loss, keep.sum()
-        logits = head(hidden[:, :-1][keep]).float()
+        if self.loss == "chunked" and head.bias is None:
+            device = rows.device.type
+            on = torch.is_autocast_enabled(device)
+            dtype = torch.get_autocast_dtype(device) if on else head.weight.dtype
+            weight = self.head_weight(head.weight, dtype)
+            loss = speed.ChunkedCrossEntropy.apply(rows, weight, target[keep], self.CHUNK)
+            return loss, keep.sum()
+        logits = head(rows).float()
         return F.cross_entropy(logits, target[keep], reduction="sum"), keep.sum()
