@@ -92,6 +92,11 @@ class TrainingConfig(BaseModel):
         description="Cross-entropy chunk by chunk with its gradient in one pass, where "
         "Liger's fused kernel is not used.",
     )
+    reuse_memory: bool = Field(
+        True,
+        description="On a CPU, glibc keeps freed memory for the next step instead of "
+        "returning it to the system (no page faults each step).",
+    )
     compile: Switch = Field(
         "auto", description="torch.compile each decoder layer (auto: on a GPU only)."
     )
@@ -108,6 +113,7 @@ class TrainingConfig(BaseModel):
             liger=False,
             fp32_attention="off",
             chunked_loss=False,
+            reuse_memory=False,
             compile="off",
         )
 

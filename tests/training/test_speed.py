@@ -6,13 +6,26 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from loraflow.settings import TrainingConfig
 from loraflow.training.data import Example, collate, pack
 from loraflow.training.distributed import Distributed
 from loraflow.training.loop import Trainer
 from loraflow.training.model import ResponseLoss
-from loraflow.training.speed import FastDropout, _LastInput, bf16_base, split_by_tokens
+from loraflow.training.speed import (
+    ChunkedCrossEntropy,
+    FastDropout,
+    HeadWeight,
+    LogitBuffers,
+    release_memory,
+    reuse_memory,
+    _LastInput,
+    bf16_base,
+    cast_once,
+    fp32_sdpa,
+    split_by_tokens,
+)
 from tests.training.conftest import RecordingReporter
 
 # the stated tolerance of the loss-curve test: the first steps' losses with every lever on
@@ -63,13 +76,15 @@ def test_split_by_tokens_keeps_every_row_once_within_the_budget() -> None:
     assert split_by_tokens(lengths, None) == [sorted(range(7), key=lambda i: -lengths[i])]
 
 
-def _tiny_lm(tiny_plan):  # type: ignore[no-untyped-def]
+def _tiny_lm(tiny_plan, attention: str = "sdpa"):  # type: ignore[no-untyped-def]
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     plan = tiny_plan()
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(plan.model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        plan.model_dir, dtype=torch.float32, attn_implementation=attention
+    )
     config = LoraConfig(task_type="CAUSAL_LM", target_modules=plan.spec.target_modules, r=4)
     lm = get_peft_model(base, config, autocast_adapter_dtype=True)
     for p in lm.parameters():  # LoRA B starts at zero; give the adapter a say in the loss
@@ -116,6 +131,71 @@ def test_bf16_base_weights_change_no_loss_under_autocast(tiny_plan) -> None:  # 
     assert all(p.dtype == torch.float32 for p in lm.parameters() if p.requires_grad)
 
 
+def _loss_and_grads(lm, kind: str = "plain", autocast: bool = True):  # type: ignore[no-untyped-def]
+    batch = collate(_examples(), [0, 1, 2, 3], 0)  # padded: the attention mask matters
+    lm.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss, _ = ResponseLoss(lm, loss=kind)(batch.input_ids, batch.attention_mask, batch.labels)
+    loss.backward()
+    return float(loss), [p.grad.clone() for p in lm.parameters() if p.requires_grad]
+
+
+def test_the_chunked_cross_entropy_is_torchs_loss_and_gradient() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight, target = torch.randn(50, 16), torch.randint(0, 50, (37,))
+    loss = ChunkedCrossEntropy.apply(hidden, weight, target, 8, LogitBuffers())  # 5 chunks
+    (loss * 0.5).backward()
+    grad, hidden.grad = hidden.grad, None
+    expected = F.cross_entropy(hidden @ weight.T, target, reduction="sum")
+    (expected * 0.5).backward()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    torch.testing.assert_close(grad, hidden.grad)
+
+
+def test_the_chunked_loss_is_autocasts_loss_on_the_model(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    """Under bf16 autocast: bf16 logits, softmax and loss in fp32, as the output layer + cross-
+    entropy compute them; the LoRA gradients agree to bf16's precision."""
+    lm = _tiny_lm(tiny_plan)
+    plain, expected = _loss_and_grads(lm, "plain")
+    chunked, grads = _loss_and_grads(lm, "chunked")
+    assert chunked == pytest.approx(plain, rel=1e-5)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0.02, atol=1e-4)
+    head = HeadWeight()
+    weight = lm.get_base_model().get_output_embeddings().weight
+    assert head(weight, torch.bfloat16) is head(weight, torch.bfloat16)  # cast once
+    with torch.no_grad():
+        weight.mul_(2.0)  # a changed weight (it is frozen in training) is cast again
+    assert torch.equal(head(weight, torch.bfloat16), weight.to(torch.bfloat16))
+
+
+def test_fp32_attention_is_sdpa_computed_in_fp32(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    sdpa, fp32 = _tiny_lm(tiny_plan), _tiny_lm(tiny_plan, attention=fp32_sdpa())
+    # without autocast both are fp32: the same kernel with the same padding mask
+    assert _loss_and_grads(fp32, autocast=False)[0] == _loss_and_grads(sdpa, autocast=False)[0]
+    # under autocast only attention differs: fp32 against bf16
+    assert _loss_and_grads(fp32)[0] == pytest.approx(_loss_and_grads(sdpa)[0], rel=1e-2)
+
+
+def test_an_input_is_cast_once_for_every_layer_that_reads_it(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    lm = _tiny_lm(tiny_plan)
+    before, before_fp32 = _loss_and_grads(lm)[0], _loss_and_grads(lm, autocast=False)[0]
+    assert cast_once(lm) == 14  # 7 projections x 2 layers
+    attention = lm.get_base_model().get_decoder().layers[0].self_attn
+    seen: list[torch.Tensor] = []
+    for name in ("q_proj", "k_proj", "v_proj"):
+        layer = getattr(attention, name).base_layer
+        layer.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    after = _loss_and_grads(lm)[0]
+    assert [x.dtype for x in seen] == [torch.bfloat16] * 3
+    assert seen[1] is seen[0] and seen[2] is seen[0]  # one cast for q, k and v
+    assert after == pytest.approx(before, rel=1e-3)
+    seen.clear()  # outside autocast nothing is cast: peft's own cast is back on
+    assert _loss_and_grads(lm, autocast=False)[0] == before_fp32
+    assert [x.dtype for x in seen] == [torch.float32] * 3
+
+
 def _curve(tiny_plan, out: str, config: TrainingConfig, **hyper: object) -> list[float]:  # type: ignore[no-untyped-def]
     plan = tiny_plan(out=out, **hyper)
     plan.checkpoints.prefix = f"fine-tunes/ft-{out}/checkpoints"  # each run from the start
@@ -124,14 +204,24 @@ def _curve(tiny_plan, out: str, config: TrainingConfig, **hyper: object) -> list
     reporter = RecordingReporter()
     trainer = Trainer(plan, reporter)
     trainer.run()
-    assert any(message.startswith("speed: ") for _, message in reporter.events)
+    LEVERS[out] = next(m for _, m in reporter.events if m.startswith("speed: "))
     return [values["loss"] for _, values in reporter.history]
+
+
+LEVERS: dict[str, str] = {}  # each _curve run's "speed: ..." line
 
 
 def test_the_levers_keep_the_loss_curve(tiny_plan) -> None:  # type: ignore[no-untyped-def]
     plain = _curve(tiny_plan, "plain", TrainingConfig.plain(), epochs=1)
     fast = _curve(tiny_plan, "fast", TrainingConfig(max_batch_tokens=64), epochs=1)
     shared = _curve(tiny_plan, "shared", TrainingConfig(share_dropout=True), epochs=1)
+    assert LEVERS["plain"] == "speed: attention sdpa"  # every lever off
+    for lever in (
+        "attention loraflow_sdpa_fp32", "bf16 base weights (14 layers)",
+        "inputs cast once (14 layers)", "fast dropout (14)", "token budget 64",
+        "chunked cross-entropy", "reused memory",
+    ):  # fmt: skip
+        assert lever in LEVERS["fast"]
     for curve in (fast, shared):
         gaps = [
             abs(b - a) / a for a, b in zip(plain[:CURVE_STEPS], curve[:CURVE_STEPS], strict=True)
@@ -148,3 +238,21 @@ def test_a_token_budget_leaves_each_step_as_it_was(tiny_plan) -> None:  # type: 
     a = _curve(tiny_plan, "whole", whole, **hyper)
     b = _curve(tiny_plan, "split", split, **hyper)
     assert b == pytest.approx(a, rel=1e-4)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+def test_reused_memory_keeps_freed_memory_until_training_ends() -> None:
+    assert reuse_memory()  # this machine's C library is glibc
+    try:
+        before = _rss()
+        block = torch.ones(6 << 20)  # 24 MB, touched: below the 32 MB mmap threshold
+        del block
+        kept = _rss() - before
+        assert kept > 16 << 20  # freed, but kept for the next step's tensors
+    finally:
+        release_memory()
+    assert _rss() - before < kept - (16 << 20)  # handed back when training ends

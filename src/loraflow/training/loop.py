@@ -23,6 +23,7 @@ import torch
 from loraflow.errors import LoraflowError
 from loraflow.models.zoo import ModelSpec
 from loraflow.settings import TrainingConfig, get_settings
+from loraflow.training import speed
 from loraflow.training.checkpoints import CheckpointStore
 from loraflow.training.data import Batch, Example, collate, encode, epoch_batches, pack
 from loraflow.training.distributed import (
@@ -124,6 +125,10 @@ class Trainer:
         lora = {"target_modules": plan.spec.target_modules, **hp.lora()}
         config = plan.training or get_settings().training
         self.model, self.levers = build(plan.model_dir, dtype, lora, mixed, config)
+        if config.reuse_memory and self.accelerator.device.type == "cpu":
+            self.levers.reused_memory = speed.reuse_memory()
+            if not self.levers.reused_memory:
+                self.levers.skipped.append("reused memory (the C library is not glibc)")
         if fsdp(self.accelerator):  # every process must run as many micro-batches
             self.levers.max_batch_tokens, self.levers.packed = None, False
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -273,6 +278,13 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to the end (or to a cancel), checkpointing on the way; returns the adapter."""
+        try:
+            return self._run()
+        finally:
+            if getattr(self, "levers", None) and self.levers.reused_memory:
+                speed.release_memory()
+
+    def _run(self) -> TrainResult:
         self._setup()
         hp, rep = self.hp, self.reporter
         stats = vars(self.train_stats) | {

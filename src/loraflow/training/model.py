@@ -77,6 +77,7 @@ class Levers:
     attention: str = "sdpa"
     liger: bool = False
     chunked_loss: bool = False
+    reused_memory: bool = False
     compiled_layers: int = 0
     skipped: list[str] = field(default_factory=list)
 
@@ -95,6 +96,7 @@ class Levers:
         on += ["packed batches"] if self.packed else []
         on += ["Liger kernels"] if self.liger else []
         on += ["chunked cross-entropy"] if self.chunked_loss else []
+        on += ["reused memory"] if self.reused_memory else []
         on += [f"compiled ({self.compiled_layers} layers)"] if self.compiled_layers else []
         off = f"; not used: {', '.join(self.skipped)}" if self.skipped else ""
         return "speed: " + ", ".join(on) + off
@@ -163,6 +165,7 @@ class ResponseLoss(torch.nn.Module):
         self.lm = lm
         self.loss = loss
         self.head_weight = speed.HeadWeight()
+        self.logits = speed.LogitBuffers()
 
     def forward(
         self, input_ids: Any, attention_mask: Any, labels: Any, position_ids: Any = None
@@ -190,7 +193,9 @@ class ResponseLoss(torch.nn.Module):
             on = torch.is_autocast_enabled(device)
             dtype = torch.get_autocast_dtype(device) if on else head.weight.dtype
             weight = self.head_weight(head.weight, dtype)
-            loss = speed.ChunkedCrossEntropy.apply(rows, weight, target[keep], self.CHUNK)
+            loss = speed.ChunkedCrossEntropy.apply(
+                rows, weight, target[keep], self.CHUNK, self.logits
+            )
             return loss, keep.sum()
         logits = head(rows).float()
         return F.cross_entropy(logits, target[keep], reduction="sum"), keep.sum()

