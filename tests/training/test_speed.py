@@ -18,12 +18,12 @@ from loraflow.training.speed import (
     FastDropout,
     HeadWeight,
     LogitBuffers,
-    release_memory,
-    reuse_memory,
     _LastInput,
     bf16_base,
     cast_once,
     fp32_sdpa,
+    release_memory,
+    reuse_memory,
     split_by_tokens,
 )
 from tests.training.conftest import RecordingReporter
