@@ -63,8 +63,7 @@ class TrainingConfig(BaseModel):
         True, description="Store the frozen base's linear weights in bf16 when training in bf16."
     )
     cast_once: bool = Field(
-        True,
-        description="Under autocast, cast an input the LoRA layers read once for all of them.",
+        True, description="Under autocast, cast an input several LoRA layers read only once."
     )
     fast_dropout: bool = Field(
         True, description="LoRA dropout masks drawn 16 bits an element (about 4x cheaper)."
@@ -83,19 +82,13 @@ class TrainingConfig(BaseModel):
         True, description="Liger's kernels on a GPU, when liger-kernel is installed."
     )
     fp32_attention: Switch = Field(
-        "auto",
-        description="Attention in fp32 under bf16 autocast (auto: on a CPU only, where "
-        "torch's kernel is faster in fp32).",
+        "auto", description="Attention in fp32 under bf16 autocast (auto: on a CPU only)."
     )
     chunked_loss: bool = Field(
-        True,
-        description="Cross-entropy chunk by chunk with its gradient in one pass, where "
-        "Liger's fused kernel is not used.",
+        True, description="Cross-entropy by chunks, its gradient in the same pass (not Liger)."
     )
     reuse_memory: bool = Field(
-        True,
-        description="On a CPU, glibc keeps freed memory for the next step instead of "
-        "returning it to the system (no page faults each step).",
+        True, description="On a CPU, glibc keeps freed memory for the next step while training."
     )
     compile: Switch = Field(
         "auto", description="torch.compile each decoder layer (auto: on a GPU only)."
@@ -104,18 +97,8 @@ class TrainingConfig(BaseModel):
     @classmethod
     def plain(cls) -> TrainingConfig:
         """Every lever off: fp32 base, peft's dropout, whole padded batches, eager, no Liger."""
-        return cls(
-            bf16_weights=False,
-            cast_once=False,
-            fast_dropout=False,
-            max_batch_tokens=None,
-            pack="off",
-            liger=False,
-            fp32_attention="off",
-            chunked_loss=False,
-            reuse_memory=False,
-            compile="off",
-        )
+        off = {"max_batch_tokens": None, "pack": "off", "fp32_attention": "off", "compile": "off"}
+        return cls(**{name: off.get(name, False) for name in cls.model_fields})
 
     def wants_packing(self, cuda: bool) -> bool:
         return self.pack == "on" or (self.pack == "auto" and cuda)

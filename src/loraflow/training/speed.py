@@ -213,10 +213,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
                 n = hidden[rows].shape[0]
                 logits = wide[:n].copy_(torch.mm(hidden[rows].to(dtype), weight.T, out=low[:n]))
                 picked = target[rows].unsqueeze(1)
+                # logsumexp = top + log(sums), in place: no new vocabulary-wide tensor
                 top = logits.amax(dim=1, keepdim=True)
                 total += (top.squeeze(1) - logits.gather(1, picked).squeeze(1)).sum()
-                sums = logits.sub_(top).exp_().sum(dim=1, keepdim=True)  # in place: no new
-                total += sums.log().sum()  # logsumexp = top + log(sums)  # vocabulary-wide tensor
+                sums = logits.sub_(top).exp_().sum(dim=1, keepdim=True)
+                total += sums.log().sum()
                 if grad is not None:  # softmax - one-hot: d(sum of losses)/d(logits)
                     probs = logits.div_(sums)
                     probs.scatter_add_(1, picked, probs.new_full(picked.shape, -1.0))
@@ -300,7 +301,8 @@ def reuse_memory() -> bool:
 
 
 def release_memory() -> None:
-    """After training: glibc trims again (its default thresholds) and returns what is free."""
+    """After training: glibc trims again (at its default threshold) and returns what is
+    free; the 32 MB mmap threshold stays."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_TRIM_THRESHOLD, 128 << 10)
