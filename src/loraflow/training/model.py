@@ -189,10 +189,8 @@ class ResponseLoss(torch.nn.Module):
             )
             return loss, keep.sum()
         if self.loss == "chunked" and head.bias is None:
-            device = rows.device.type
-            on = torch.is_autocast_enabled(device)
-            dtype = torch.get_autocast_dtype(device) if on else head.weight.dtype
-            weight = self.head_weight(head.weight, dtype)
+            dtype = speed.autocast_dtype(rows.device.type)
+            weight = self.head_weight(head.weight, dtype or head.weight.dtype)
             loss = speed.ChunkedCrossEntropy.apply(
                 rows, weight, target[keep], self.CHUNK, self.logits
             )

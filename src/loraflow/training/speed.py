@@ -54,12 +54,24 @@ def bf16_base(model: Any) -> int:
 
 
 # -- fast dropout -----------------------------------------------------------------------------
+def autocast_dtype(device: str) -> Any:
+    """The dtype autocast computes in on ``device``; None where autocast is off."""
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
 class _LastInput:
-    """The input most recently dropped out, and its result, shared by the modules of a model."""
+    """The input most recently handed over, and what was made of it, shared by the modules of
+    a model: modules reading the same tensor (q/k/v, gate/up) get one result."""
 
     def __init__(self) -> None:
         self.key: Any = None
         self.out: Any = None
+
+    def get(self, x: Any, make: Any) -> Any:
+        """The result for ``x``: the last one if ``x`` is the last input, else ``make()``."""
+        if self.key is None or self.key() is not x:
+            self.key, self.out = weakref.ref(x), make()
+        return self.out
 
 
 class FastDropout(torch.nn.Module):
@@ -78,17 +90,16 @@ class FastDropout(torch.nn.Module):
     def forward(self, x: Any) -> Any:
         if not self.training or self.p == 0:
             return x
-        last = self.last
-        if last is not None and last.key is not None and last.key() is x:
-            return last.out
+        if self.last is not None:
+            return self.last.get(x, lambda: self._drop(x))
+        return self._drop(x)
+
+    def _drop(self, x: Any) -> Any:
         out = x.mul(self.scale)  # rounded once, in x's dtype
-        device = x.device.type
-        if torch.is_autocast_enabled(device):  # lora_A would cast it; once is enough
-            out = out.to(torch.get_autocast_dtype(device))
-        out = out.masked_fill_(drop_mask(x, self.threshold), 0)  # autograd saves a bool
-        if last is not None:
-            last.key, last.out = weakref.ref(x), out
-        return out
+        dtype = autocast_dtype(x.device.type)
+        if dtype is not None:  # lora_A would cast it; once is enough
+            out = out.to(dtype)
+        return out.masked_fill_(drop_mask(x, self.threshold), 0)  # autograd saves a bool
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", shared" if self.last is not None else "")
@@ -128,22 +139,15 @@ class _CastOnce:
     adapter (peft would cast it back to fp32 for lora_A, which autocast then casts again)."""
 
     def __init__(self) -> None:
-        self.key: Any = None
-        self.out: Any = None
+        self.last = _LastInput()
 
     def __call__(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0]
-        device = x.device.type
-        autocast = torch.is_autocast_enabled(device)
-        module.cast_input_dtype_enabled = not autocast
-        if not autocast or not x.is_floating_point():
+        dtype = autocast_dtype(x.device.type)
+        module.cast_input_dtype_enabled = dtype is None
+        if dtype is None or not x.is_floating_point() or x.dtype == dtype:
             return None
-        dtype = torch.get_autocast_dtype(device)
-        if x.dtype == dtype:
-            return None
-        if self.key is None or self.key() is not x:
-            self.key, self.out = weakref.ref(x), x.to(dtype)
-        return (self.out, *args[1:])
+        return (self.last.get(x, lambda: x.to(dtype)), *args[1:])
 
 
 def cast_once(model: Any) -> int:
@@ -210,8 +214,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 rows = slice(start, start + chunk)
-                n = hidden[rows].shape[0]
-                logits = wide[:n].copy_(torch.mm(hidden[rows].to(dtype), weight.T, out=low[:n]))
+                part = hidden[rows].to(dtype)
+                n = part.shape[0]
+                logits = wide[:n].copy_(torch.mm(part, weight.T, out=low[:n]))
                 picked = target[rows].unsqueeze(1)
                 # logsumexp = top + log(sums), in place: no new vocabulary-wide tensor
                 top = logits.amax(dim=1, keepdim=True)
