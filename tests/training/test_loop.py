@@ -17,8 +17,8 @@ def test_training_lowers_the_loss_and_saves_an_adapter(tiny_plan) -> None:  # ty
     result = Trainer(tiny_plan(epochs=4), reporter).run()
     history = [v for _, v in reporter.history]
     assert result.steps == len(history) == reporter.total_steps == 4 * 14  # 54 rows, batches of 4
-    first, last = sum(h["loss"] for h in history[:5]) / 5, sum(h["loss"] for h in history[-5:]) / 5
-    assert last < first - 0.1
+    epochs = [sum(h["loss"] for h in history[i : i + 14]) / 14 for i in range(0, 56, 14)]
+    assert epochs[-1] < epochs[0] - 0.02  # epoch means: measured 0.05-0.19 over seeds and dropouts
     assert "eval_loss" in history[13] and "eval_loss" in history[-1]
     assert all(h["pad_fraction"] < 0.2 for h in history)
     assert (result.adapter_dir / "adapter_config.json").is_file()

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from loraflow.settings import TrainingConfig
 from loraflow.training.data import Example, collate, pack
 from loraflow.training.distributed import Distributed
 from loraflow.training.loop import Trainer
@@ -21,11 +20,13 @@ from loraflow.training.speed import (
     _LastInput,
     bf16_base,
     cast_once,
+    dropped_positions,
     fp32_sdpa,
     release_memory,
     reuse_memory,
     split_by_tokens,
 )
+from loraflow.training_settings import TrainingConfig
 from tests.training.conftest import RecordingReporter
 
 # the stated tolerance of the loss-curve test: the first steps' losses with every lever on
@@ -44,6 +45,41 @@ def test_fast_dropout_drops_p_and_rescales() -> None:
     values = sorted(torch.unique(out).tolist())
     assert values[0] == 0.0 and values[1:] == [pytest.approx(1 / 0.95, rel=1e-4)]
     assert float(out.mean()) == pytest.approx(1.0, abs=0.005)  # the expectation is kept
+
+
+@pytest.mark.parametrize("spare", [6.0, -1.0])  # -1: one gap a round, every round short
+def test_sparse_draw_is_an_iid_bernoulli_mask(spare: float) -> None:
+    torch.manual_seed(0)
+    n, reps, p = 12, 4000, 0.2
+    masks = torch.zeros(reps, n, dtype=torch.bool)
+    for r in range(reps):
+        drops = dropped_positions(n, p, spare=spare)
+        assert bool((drops.diff() > 0).all())  # in order, each once
+        assert len(drops) == 0 or 0 <= drops[0] <= drops[-1] < n
+        masks[r, drops] = True
+    se = math.sqrt(p * (1 - p) / reps)
+    assert (masks.float().mean(0) - p).abs().max() < 5 * se  # every position, first and last too
+    both = (masks[:, :-1] & masks[:, 1:]).float().mean()  # neighbours drop independently
+    assert abs(float(both) - p * p) < 5 * math.sqrt(p * p / reps)
+    counts = masks.sum(1).float()  # the count of drops is Binomial(n, p)
+    assert abs(float(counts.var()) - n * p * (1 - p)) < 0.15 * n * p * (1 - p)
+    assert len(dropped_positions(0, p)) == 0
+
+
+def test_sparse_dropout_gradient_is_the_mask_times_the_scale() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 48, requires_grad=True)
+    out = FastDropout(0.1).train()(x)
+    kept = out != 0
+    assert torch.equal(out, torch.where(kept, x * (1 / 0.9), 0))
+    out.backward(torch.full_like(out, 2.0))
+    assert torch.allclose(x.grad, torch.where(kept, 2 / 0.9, 0.0))
+    x.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the product is in bf16 for lora_A
+        out = FastDropout(0.1).train()(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.equal(x.grad != 0, out != 0)
 
 
 def test_masks_are_independent_unless_shared() -> None:
@@ -218,7 +254,7 @@ def test_the_levers_keep_the_loss_curve(tiny_plan) -> None:  # type: ignore[no-u
     assert LEVERS["plain"] == "speed: attention sdpa"  # every lever off
     for lever in (
         "attention loraflow_sdpa_fp32", "bf16 base weights (14 layers)",
-        "inputs cast once (14 layers)", "fast dropout (14)", "token budget 64",
+        "inputs cast once (14 layers)", "sparse dropout (14)", "token budget 64",
         "chunked cross-entropy", "reused memory",
     ):  # fmt: skip
         assert lever in LEVERS["fast"]

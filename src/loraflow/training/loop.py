@@ -22,7 +22,7 @@ import torch
 
 from loraflow.errors import LoraflowError
 from loraflow.models.zoo import ModelSpec
-from loraflow.settings import TrainingConfig, get_settings
+from loraflow.settings import get_settings
 from loraflow.training import speed
 from loraflow.training.checkpoints import CheckpointStore
 from loraflow.training.data import Batch, Example, collate, encode, epoch_batches, pack
@@ -39,6 +39,7 @@ from loraflow.training.distributed import (
 from loraflow.training.hyperparameters import Hyperparameters
 from loraflow.training.model import ResponseLoss, accelerator_for, build, device_dtype
 from loraflow.training.speed import split_by_tokens
+from loraflow.training_settings import TrainingConfig
 
 
 class TrainingCancelled(LoraflowError):

@@ -1,9 +1,10 @@
 """The model a fine-tune trains: precision, the response loss, and the speed levers applied.
 
 ``build`` loads the base, wraps it in LoRA, and applies what ``TrainingConfig`` asks for on
-this device (``loraflow.training.speed``): on a CPU bf16 base weights, the fast dropout
-and a token budget; on a GPU also packed batches (FlashAttention 2 when installed,
-else SDPA), Liger's kernels when installed, and torch.compile. ``Levers`` records what was
+this device (``loraflow.training.speed``): on a CPU bf16 base weights, inputs cast once,
+the sparse dropout, fp32 attention, the chunked loss and a token budget; on a GPU packed
+batches (FlashAttention 2 when installed, else SDPA), Liger's kernels when installed, and
+torch.compile. ``Levers`` records what was
 applied, for the run's log and for tests.
 """
 
@@ -17,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from loraflow.models.zoo import ModelSpec
-from loraflow.settings import TrainingConfig
 from loraflow.training import speed
 from loraflow.training.data import IGNORE
+from loraflow.training_settings import TrainingConfig
 
 
 def device_dtype(spec: ModelSpec) -> tuple[Any, str]:
@@ -70,7 +71,7 @@ class Levers:
 
     bf16_weights: int = 0  # linear layers whose frozen weight is stored in bf16
     cast_once: int = 0  # LoRA layers whose input is cast to the autocast dtype once
-    fast_dropout: int = 0  # LoRA dropouts replaced by the fast one
+    fast_dropout: int = 0  # LoRA dropouts replaced by the sparse one
     shared: bool = False  # ... sharing one draw per input
     max_batch_tokens: int | None = None
     packed: bool = False  # padding-free batches, one row of concatenated examples
@@ -90,7 +91,7 @@ class Levers:
         on = [f"attention {self.attention}"]
         on += [f"bf16 base weights ({self.bf16_weights} layers)"] if self.bf16_weights else []
         on += [f"inputs cast once ({self.cast_once} layers)"] if self.cast_once else []
-        kind = "shared fast dropout" if self.shared else "fast dropout"
+        kind = "shared sparse dropout" if self.shared else "sparse dropout"
         on += [f"{kind} ({self.fast_dropout})"] if self.fast_dropout else []
         on += [f"token budget {self.max_batch_tokens}"] if self.max_batch_tokens else []
         on += ["packed batches"] if self.packed else []
@@ -139,7 +140,7 @@ def build(
         levers.cast_once = speed.cast_once(model)
     if config.wants_compile(cuda):
         levers.compiled_layers = speed.compile_layers(model)  # compiled RNG is fused already
-    elif config.fast_dropout:
+    elif config.fast_dropout and not cuda:  # a GPU's own dropout kernel is fast
         levers.fast_dropout = speed.fast_dropout(model, config.share_dropout)
         levers.shared = config.share_dropout
     levers.chunked_loss = config.chunked_loss and not levers.liger

@@ -3,9 +3,10 @@
 - **bf16 base weights** where training runs under bf16 autocast: the frozen linear weights
   are stored in bf16, so autocast stops casting every weight on every use (it would cast to
   the same values: no number changes). Trainable LoRA weights, embeddings and norms keep fp32.
-- **fast LoRA dropout**: a mask drawn 16 bits an element from 64-bit words (about 4x cheaper
-  than ``bernoulli_`` on a CPU), each mask with peft's distribution (drop probability ``p``
-  to within 2**-17), the product already in the autocast dtype lora_A would cast it to.
+- **sparse LoRA dropout**: only the dropped positions are drawn (the gaps between them,
+  geometric: about ``p`` draws an element instead of one), which is exactly the distribution
+  of peft's mask; autograd saves those positions instead of a mask, the product is already in
+  the autocast dtype lora_A would cast it to.
   Optionally (``share_dropout``, off) modules reading the same input (q/k/v, gate/up) share
   one dropped input: one draw, one product, one saved activation; it gives up the masks'
   independence (on the tiny model, mean eval loss over 5 seeds 0.4 % above peft's dropout,
@@ -29,6 +30,7 @@ the loss-curve test compares with.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -53,7 +55,7 @@ def bf16_base(model: Any) -> int:
     return count
 
 
-# -- fast dropout -----------------------------------------------------------------------------
+# -- sparse dropout ---------------------------------------------------------------------------
 def autocast_dtype(device: str) -> Any:
     """The dtype autocast computes in on ``device``; None where autocast is off."""
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
@@ -75,7 +77,7 @@ class _LastInput:
 
 
 class FastDropout(torch.nn.Module):
-    """A drop-in for peft's ``lora_dropout`` module with the cheaper draw. Given a shared
+    """A drop-in for peft's ``lora_dropout`` module with the sparse draw. Given a shared
     ``last``, modules handed the same input tensor get the same dropped tensor (one draw, one
     product, one saved activation); without one, every call draws its own mask."""
 
@@ -83,9 +85,7 @@ class FastDropout(torch.nn.Module):
         super().__init__()
         self.p = p
         self.last = last
-        dropped = round(p * 65536)  # p to 16 bits
-        self.threshold = dropped - 32768  # an int16 lane below this is dropped
-        self.scale = 1.0 / (1.0 - dropped / 65536)
+        self.scale = 1.0 / (1.0 - p)
 
     def forward(self, x: Any) -> Any:
         if not self.training or self.p == 0:
@@ -95,26 +95,56 @@ class FastDropout(torch.nn.Module):
         return self._drop(x)
 
     def _drop(self, x: Any) -> Any:
-        out = x.mul(self.scale)  # rounded once, in x's dtype
-        dtype = autocast_dtype(x.device.type)
-        if dtype is not None:  # lora_A would cast it; once is enough
-            out = out.to(dtype)
-        return out.masked_fill_(drop_mask(x, self.threshold), 0)  # autograd saves a bool
+        return _SparseDrop.apply(x, self.p, self.scale, autocast_dtype(x.device.type))
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", shared" if self.last is not None else "")
 
 
-def drop_mask(x: Any, threshold: int) -> Any:
-    """A boolean dropout mask shaped like ``x``: True where dropped.
+def dropped_positions(n: int, p: float, device: Any = None, spare: float = 6.0) -> Any:
+    """The flat positions, in order, that a dropout mask of ``n`` elements drops.
 
-    Four int16 lanes come from each full-range 64-bit word of torch's generator (seeded as
-    usual), which is about 4x cheaper than ``bernoulli_`` on a CPU.
+    The gaps between an i.i.d. Bernoulli(``p``) mask's drops are i.i.d. Geometric(``p``), so
+    drawing the gaps (inverse CDF, from torch's generator in float64) gives exactly the mask's
+    distribution with about ``p * n`` draws instead of ``n``. Each round draws ``spare``
+    standard deviations more gaps than it expects to need, and rounds go on until ``n``.
     """
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    words.random_(-(2**63), 2**63 - 1)
-    return words.view(torch.int16)[:n].view(x.shape) < threshold
+    scale = 1.0 / math.log1p(-p)
+    found = [torch.empty(0, dtype=torch.int64, device=device)]
+    start = 0  # the first position not yet decided
+    while start < n:
+        want = (n - start) * p
+        k = max(1, int(want + spare * (math.sqrt(want) + 1)))
+        gaps = torch.rand(k, dtype=torch.float64, device=device).neg_().add_(1)  # in (0, 1]
+        gaps = gaps.log_().mul_(scale).to(torch.int64).add_(1)  # Geometric(p) on 1, 2, ...
+        positions = gaps.cumsum_(0).add_(start - 1)
+        found.append(positions[: int(torch.searchsorted(positions, n))])  # sorted: a view
+        start = int(positions[-1]) + 1
+    return found[1] if len(found) == 2 else torch.cat(found)
+
+
+class _SparseDrop(torch.autograd.Function):
+    """``x * scale`` (rounded once, then cast to the autocast dtype lora_A would cast it to)
+    with the dropped positions zeroed; autograd saves only those positions."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, p: float, scale: float, dtype: Any) -> Any:
+        out = x.mul(scale)
+        if dtype is not None and out.dtype != dtype:  # lora_A would cast it; once is enough
+            out = out.to(dtype)
+        out = out.contiguous()
+        drops = dropped_positions(out.numel(), p, out.device)
+        out.view(-1).index_fill_(0, drops, 0)
+        ctx.save_for_backward(drops)
+        ctx.scale, ctx.in_dtype = scale, x.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> Any:
+        (drops,) = ctx.saved_tensors
+        out = grad.mul(ctx.scale).to(ctx.in_dtype).contiguous()
+        out.view(-1).index_fill_(0, drops, 0)
+        return out, None, None, None
 
 
 def fast_dropout(model: Any, share: bool) -> int:

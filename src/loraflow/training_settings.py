@@ -1,0 +1,68 @@
+"""How the trainer runs, not what it learns: ``TrainingConfig``, the ``training`` section of
+``loraflow.settings.Settings`` (``LORAFLOW_TRAINING__<FIELD>``). Each lever is in
+``loraflow.training.speed``, its measured effect in the README's "Fine-tuning speed"."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Switch = Literal["auto", "on", "off"]  # auto: loraflow decides by the device
+
+
+class TrainingConfig(BaseModel):
+    """How the trainer runs, not what it learns (``loraflow.training.speed`` has each lever,
+    the README its measured effect); ``LORAFLOW_TRAINING__<FIELD>`` sets each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bf16_weights: bool = Field(
+        True, description="Store the frozen base's linear weights in bf16 when training in bf16."
+    )
+    cast_once: bool = Field(
+        True, description="Under autocast, cast an input several LoRA layers read only once."
+    )
+    fast_dropout: bool = Field(
+        True, description="On a CPU, LoRA dropout draws only the dropped positions (sparse)."
+    )
+    share_dropout: bool = Field(
+        False, description="Modules reading one input (q/k/v, gate/up) share one dropout draw."
+    )
+    max_batch_tokens: int | None = Field(
+        2048,
+        ge=16,
+        description="Token slots (rows x padded length) one micro-batch may hold; a larger "
+        "batch runs in several within the same step. None: no limit.",
+    )
+    pack: Switch = Field("auto", description="Padding-free packed batches (auto: on a GPU only).")
+    liger: bool = Field(
+        True, description="Liger's kernels on a GPU, when liger-kernel is installed."
+    )
+    fp32_attention: Switch = Field(
+        "auto", description="Attention in fp32 under bf16 autocast (auto: on a CPU only)."
+    )
+    chunked_loss: bool = Field(
+        True, description="Cross-entropy by chunks, its gradient in the same pass (not Liger)."
+    )
+    reuse_memory: bool = Field(
+        True, description="On a CPU, glibc keeps freed memory for the next step while training."
+    )
+    compile: Switch = Field(
+        "auto", description="torch.compile each decoder layer (auto: on a GPU only)."
+    )
+
+    @classmethod
+    def plain(cls) -> TrainingConfig:
+        """Every lever off: fp32 base, peft's dropout, whole padded batches, eager, no Liger."""
+        off = {"max_batch_tokens": None, "pack": "off", "fp32_attention": "off", "compile": "off"}
+        return cls(**{name: off.get(name, False) for name in cls.model_fields})
+
+    def wants_packing(self, cuda: bool) -> bool:
+        return self.pack == "on" or (self.pack == "auto" and cuda)
+
+    def wants_fp32_attention(self, cuda: bool) -> bool:
+        return self.fp32_attention == "on" or (self.fp32_attention == "auto" and not cuda)
+
+    def wants_compile(self, cuda: bool) -> bool:
+        return self.compile == "on" or (self.compile == "auto" and cuda)
