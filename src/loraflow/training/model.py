@@ -4,8 +4,7 @@
 this device (``loraflow.training.speed``): on a CPU bf16 base weights, inputs cast once,
 the sparse dropout, fp32 attention, the chunked loss and a token budget; on a GPU packed
 batches (FlashAttention 2 when installed, else SDPA), Liger's kernels when installed, and
-torch.compile. ``Levers`` records what was
-applied, for the run's log and for tests.
+torch.compile. ``Levers`` records what was applied, for the run's log and for tests.
 """
 
 from __future__ import annotations

@@ -125,26 +125,27 @@ def dropped_positions(n: int, p: float, device: Any = None, spare: float = 6.0) 
 
 class _SparseDrop(torch.autograd.Function):
     """``x * scale`` (rounded once, then cast to the autocast dtype lora_A would cast it to)
-    with the dropped positions zeroed; autograd saves only those positions."""
+    with the dropped positions zeroed; autograd saves only those positions, and the gradient
+    is the same operation on the way back."""
 
     @staticmethod
     def forward(ctx: Any, x: Any, p: float, scale: float, dtype: Any) -> Any:
-        out = x.mul(scale)
-        if dtype is not None and out.dtype != dtype:  # lora_A would cast it; once is enough
-            out = out.to(dtype)
-        out = out.contiguous()
-        drops = dropped_positions(out.numel(), p, out.device)
-        out.view(-1).index_fill_(0, drops, 0)
+        drops = dropped_positions(x.numel(), p, x.device)
         ctx.save_for_backward(drops)
         ctx.scale, ctx.in_dtype = scale, x.dtype
-        return out
+        return _scale_and_zero(x, scale, dtype or x.dtype, drops)  # lora_A would cast it
 
     @staticmethod
     def backward(ctx: Any, grad: Any) -> Any:
         (drops,) = ctx.saved_tensors
-        out = grad.mul(ctx.scale).to(ctx.in_dtype).contiguous()
-        out.view(-1).index_fill_(0, drops, 0)
-        return out, None, None, None
+        return _scale_and_zero(grad, ctx.scale, ctx.in_dtype, drops), None, None, None
+
+
+def _scale_and_zero(t: Any, scale: float, dtype: Any, drops: Any) -> Any:
+    """``t * scale`` in ``dtype`` (a new contiguous tensor), zero at the flat ``drops``."""
+    out = t.mul(scale).to(dtype).contiguous()
+    out.view(-1).index_fill_(0, drops, 0)
+    return out
 
 
 def fast_dropout(model: Any, share: bool) -> int:
