@@ -409,14 +409,15 @@ def main() -> None:
         f"{theirs[memory]:.0f} MB, loraflow {ours[memory]:.0f} MB; "
         f"ratio {ours[memory] / theirs[memory]:.2f}x (goal <= 0.75x)"
     )
+
     # each run against the matmul peak measured in its own process just before and after it
     # (the higher of the two), so a machine that slows down or speeds up between runs moves both
+    def mfu(r: dict[str, Any], tokens: str, seconds: str) -> float:
+        return r[tokens] / r[seconds] * flops_per_token / r["peak_flops"]
+
     runs, steady = results["loraflow"], results["steady"]
-    mfus = [r["tokens"] / r["seconds"] * flops_per_token / r["peak_flops"] for r in runs]
-    steady_mfus = [
-        r["epoch_tokens"] / r["last_epoch_seconds"] * flops_per_token / r["peak_flops"]
-        for r in steady
-    ]
+    mfus = [mfu(r, "tokens", "seconds") for r in runs]
+    steady_mfus = [mfu(r, "epoch_tokens", "last_epoch_seconds") for r in steady]
     peaks = [r["peak_flops"] / 1e9 for r in runs + steady]
     print(
         f"loraflow MFU over the run: {statistics.median(mfus):.1%} of the measured matmul peak "
@@ -426,7 +427,7 @@ def main() -> None:
     print(
         f"loraflow MFU in steady state: {statistics.median(steady_mfus):.1%} (goal >= 40 %): the "
         "second epoch of a two-epoch run, once its memory has been touched (the first epoch "
-        "includes first-touch page faults of the activation memory)"
+        "includes the first touch of its activation memory)"
     )
 
 
