@@ -24,6 +24,7 @@ GPU's bf16 matmul peak for the MFU; without a CUDA device it prints ``skipped:``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -294,6 +295,23 @@ def padding_share(model: str, rows: int) -> float:
     return 1 - sum(lengths) / sum(max(b) * len(b) for b in batches)
 
 
+def cpu_name() -> str:
+    """The CPU's model, cores, the vector ISA torch uses and whether it has native bf16: the
+    figures (and the precision both trainers run in) depend on them."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or "CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    bf16 = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
+    return f"{model}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, {bf16}"
+
+
 def matmul_peak(mixed: str, device: str) -> float:
     """Best FLOP/s of a large matmul in the training precision: the ceiling MFU is against."""
     import torch
@@ -359,7 +377,7 @@ def main() -> None:
         print("skipped: --device cuda, but torch sees no CUDA device")
         return
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    name = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     print(f"model {args.model}, {args.rows} rows, {HYPER}, LoRA {LORA}")
     print(f"device: {name}")
     results: dict[str, list[dict[str, Any]]] = {"hf": [], "loraflow": [], "steady": []}

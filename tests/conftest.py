@@ -63,15 +63,32 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with MLflow's tables made and nothing in them, once a session:
+    making them (MLflow's migrations) takes seconds, and every home would make its own."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.search_experiments()  # the tracking tables
+    client.search_registered_models()  # the registry's (committed: the file is complete)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def loraflow_home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path, empty_mlflow_db: Path
 ) -> Iterator[Path]:
-    """Every test gets its own loraflow home and fresh settings (base models are shared)."""
+    """Every test gets its own loraflow home and fresh settings (base models are shared),
+    with MLflow's tables already made in its ``mlflow.db``."""
     for name in list(os.environ):
         if name.startswith("LORAFLOW_"):
             monkeypatch.delenv(name)
     home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(empty_mlflow_db, home / "mlflow.db")
     monkeypatch.setenv("LORAFLOW_HOME", str(home))
     monkeypatch.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
     settings_module.reset()
@@ -124,6 +141,44 @@ def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "s3":
         request.getfixturevalue("use_s3")
     return request.param
+
+
+@pytest.fixture(scope="session")
+def smollm2_tuned(
+    prefect_harness: None, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, object]:
+    """SmolLM2-135M fine-tuned once a session from a Python import of the flow (24 support
+    rows, 3 steps): the real path's smoke tests share it. Returns its loraflow home and the
+    flow's outcome."""
+    from flows.fine_tune import fine_tune
+    from loraflow import File
+    from loraflow.data.sources import resolve_source
+    from loraflow.fine_tuning import FineTuneRequest
+
+    home = tmp_path_factory.mktemp("smollm2-home")
+    rows = resolve_source("builtin:customer_support.csv").read_text().splitlines()[:25]
+    path = home / "support-24.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith("LORAFLOW_")]:
+            mp.delenv(name)
+        mp.setenv("LORAFLOW_HOME", str(home))
+        mp.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
+        settings_module.reset()
+        try:
+            outcome = fine_tune(
+                FineTuneRequest(
+                    model="smollm2-135m-instruct",
+                    training_file=File.upload(path).id,
+                    hyperparameters={
+                        "epochs": 1, "batch_size": 8, "lr": 0.002, "validation_fraction": 0,
+                    },
+                    suffix="smoke",
+                )
+            )  # fmt: skip
+        finally:
+            settings_module.reset()
+    return home, outcome
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

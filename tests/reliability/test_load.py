@@ -1,5 +1,7 @@
-"""Sustained load on a real ``loraflow serve``: 64 streaming clients for 60 s on both APIs,
-no request fails, and the server's memory and threads come back to where they were.
+"""Sustained load on a real ``loraflow serve``: 64 streaming clients for 30 s on both APIs
+(``LORAFLOW_LOAD_SECONDS`` for a longer soak), no request fails, and the server's memory and
+threads come back to where they were: a thread or memory kept per request shows within the
+first thousand requests.
 
 The load is benchmarks/load.py's (which reports the same figures on the real model)."""
 
@@ -17,12 +19,10 @@ from tests.conftest import free_port
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 MODEL = "tiny-llama-test"
-SECONDS = float(os.environ.get("LORAFLOW_LOAD_SECONDS", "60"))
+SECONDS = float(os.environ.get("LORAFLOW_LOAD_SECONDS", "30"))
 
 
-def test_64_streams_for_a_minute_without_an_error_or_a_leak(
-    tmp_path: Path, models_dir: Path
-) -> None:
+def test_64_streams_without_an_error_or_a_leak(tmp_path: Path, models_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLOW_")}
     env |= {
         "LORAFLOW_HOME": str(tmp_path / "home"),

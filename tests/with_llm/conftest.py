@@ -23,7 +23,7 @@ from tests.server.conftest import API_KEY, server  # noqa: F401
 __all__ = ["API_KEY"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one fine-tune for both modules
 def tuned_home(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
     """A home with one tiny fine-tune, promoted to ``<family>@prod``."""
     from loraflow import registry
