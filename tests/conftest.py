@@ -143,44 +143,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="session")
-def smollm2_tuned(
-    prefect_harness: None, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, object]:
-    """SmolLM2-135M fine-tuned once a session from a Python import of the flow (24 support
-    rows, 3 steps): the real path's smoke tests share it. Returns its loraflow home and the
-    flow's outcome."""
-    from flows.fine_tune import fine_tune
-    from loraflow import File
-    from loraflow.data.sources import resolve_source
-    from loraflow.fine_tuning import FineTuneRequest
-
-    home = tmp_path_factory.mktemp("smollm2-home")
-    rows = resolve_source("builtin:customer_support.csv").read_text().splitlines()[:25]
-    path = home / "support-24.csv"
-    path.write_text("\n".join(rows) + "\n")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith("LORAFLOW_")]:
-            mp.delenv(name)
-        mp.setenv("LORAFLOW_HOME", str(home))
-        mp.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
-        settings_module.reset()
-        try:
-            outcome = fine_tune(
-                FineTuneRequest(
-                    model="smollm2-135m-instruct",
-                    training_file=File.upload(path).id,
-                    hyperparameters={
-                        "epochs": 1, "batch_size": 8, "lr": 0.002, "validation_fraction": 0,
-                    },
-                    suffix="smoke",
-                )
-            )  # fmt: skip
-        finally:
-            settings_module.reset()
-    return home, outcome
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests on Prefect's harness are the integration tier; `make test-fast` leaves them out."""
     for item in items:

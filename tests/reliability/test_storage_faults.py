@@ -184,7 +184,7 @@ def test_a_download_cut_mid_stream_resumes_where_it_was_cut(
     assert cuttable_s3.outages == 1
     assert dest.read_bytes() == data
     assert cuttable_s3.sent_downstream < 1.4 * len(data)  # the rest, not all of it again
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["blob.bin"]
 
 
 def test_a_download_cut_past_the_window_fails_in_one_line_and_leaves_no_file(

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loraflow import Completion
+from loraflow import Completion, File
 from loraflow.data.sources import resolve_source
-from loraflow.registry import ModelRecord
 from tests.vllm.conftest import use_engine, use_vllm, vllm_env
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -18,14 +17,23 @@ BASE = "smollm2-135m-instruct"
 
 
 def test_smollm2_and_its_adapter_answer_alike_on_both_backends(
-    smollm2_tuned: tuple[Path, ModelRecord], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from flows.fine_tune import fine_tune
     from loraflow import vllm
+    from loraflow.fine_tuning import FineTuneRequest
 
-    home, record = smollm2_tuned  # tests/conftest.py: fine-tuned from a Python import
-    monkeypatch.setenv("LORAFLOW_HOME", str(home))
-    tuned = record.fine_tuned_model
     rows = resolve_source("builtin:customer_support.csv").read_text().splitlines()
+    path = tmp_path / "support.csv"
+    path.write_text("\n".join(rows[:17]) + "\n")
+    tuned = fine_tune(
+        FineTuneRequest(
+            model=BASE,
+            training_file=File.upload(path).id,
+            hyperparameters={"epochs": 1, "batch_size": 8, "lr": 0.002, "validation_fraction": 0},
+            suffix="vllm",
+        )
+    ).fine_tuned_model
     prompts = [line.split(",")[0].strip('"') for line in rows[30:38]]
 
     def answers() -> list[str]:
