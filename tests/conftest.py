@@ -70,10 +70,8 @@ def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import mlflow
 
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    uri = f"sqlite:///{path}"
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.search_experiments()  # the tracking tables
-    client.search_registered_models()  # the registry's (committed: the file is complete)
+    # the tracking store's migrations make every table, the model registry's too
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
 
 
