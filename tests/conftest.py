@@ -81,12 +81,17 @@ def loraflow_home(
 ) -> Iterator[Path]:
     """Every test gets its own loraflow home and fresh settings (base models are shared),
     with MLflow's tables already made in its ``mlflow.db``."""
+    import mlflow
+
     for name in list(os.environ):
         if name.startswith("LORAFLOW_"):
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     home.mkdir()
     shutil.copyfile(empty_mlflow_db, home / "mlflow.db")
+    # MLflow's tracking URI is process-global: point it here, not at the last test's home (or
+    # at an mlflow.db in the working directory) before loraflow sets it from the settings
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     monkeypatch.setenv("LORAFLOW_HOME", str(home))
     monkeypatch.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
     settings_module.reset()

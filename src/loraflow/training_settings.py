@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,14 +26,19 @@ class TrainingConfig(BaseModel):
     fast_dropout: bool = Field(
         True, description="On a CPU, LoRA dropout draws only the dropped positions (sparse)."
     )
+    fused_lora: bool = Field(
+        True,
+        description="lora_B's product, scaling and sum with the base output in one addmm, its "
+        "backward in the layout a CPU BLAS runs fastest for rank-wide matrices (not compiled).",
+    )
     share_dropout: bool = Field(
         False, description="Modules reading one input (q/k/v, gate/up) share one dropout draw."
     )
-    max_batch_tokens: int | None = Field(
-        2048,
-        ge=16,
+    max_batch_tokens: Annotated[int, Field(ge=16)] | Literal["auto"] | None = Field(
+        "auto",
         description="Token slots (rows x padded length) one micro-batch may hold; a larger "
-        "batch runs in several within the same step. None: no limit.",
+        "batch runs in several within the same step. auto: 1024 on a CPU, 2048 on a GPU. "
+        "None: no limit.",
     )
     pack: Switch = Field("auto", description="Padding-free packed batches (auto: on a GPU only).")
     liger: bool = Field(
@@ -52,11 +57,23 @@ class TrainingConfig(BaseModel):
         "auto", description="torch.compile each decoder layer (auto: on a GPU only)."
     )
 
+    CPU_TOKEN_BUDGET: ClassVar[int] = 1024
+    GPU_TOKEN_BUDGET: ClassVar[int] = 2048
+
     @classmethod
     def plain(cls) -> TrainingConfig:
         """Every lever off: fp32 base, peft's dropout, whole padded batches, eager, no Liger."""
         off = {"max_batch_tokens": None, "pack": "off", "fp32_attention": "off", "compile": "off"}
         return cls(**{name: off.get(name, False) for name in cls.model_fields})
+
+    def token_budget(self, cuda: bool) -> int | None:
+        """The micro-batch budget on this device. On a CPU, 1024 (measured on a 2-core AVX2
+        CPU, SmolLM2-135M: 183-192 real tokens/s against 149-172 at 2048 and 162-169 at 512;
+        a smaller micro-batch first-touches less activation memory and stays nearer the cache,
+        a much smaller one pays its fixed cost more often)."""
+        if self.max_batch_tokens == "auto":
+            return self.GPU_TOKEN_BUDGET if cuda else self.CPU_TOKEN_BUDGET
+        return self.max_batch_tokens
 
     def wants_packing(self, cuda: bool) -> bool:
         return self.pack == "on" or (self.pack == "auto" and cuda)

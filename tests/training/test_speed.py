@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from loraflow.training.data import Example, collate, pack
 from loraflow.training.distributed import Distributed
+from loraflow.training.fused_lora import fused_lora_add
 from loraflow.training.loop import Trainer
 from loraflow.training.model import ResponseLoss
 from loraflow.training.speed import (
@@ -110,6 +111,20 @@ def test_split_by_tokens_keeps_every_row_once_within_the_budget() -> None:
         assert width * len(part) <= 64 or len(part) == 1  # a row over the budget goes alone
     assert [6] in parts
     assert split_by_tokens(lengths, None) == [sorted(range(7), key=lambda i: -lengths[i])]
+
+
+def test_the_token_budget_follows_the_device_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loraflow import settings
+
+    auto = TrainingConfig()
+    assert (auto.token_budget(cuda=False), auto.token_budget(cuda=True)) == (1024, 2048)
+    assert TrainingConfig(max_batch_tokens=64).token_budget(cuda=True) == 64
+    assert TrainingConfig(max_batch_tokens=None).token_budget(cuda=False) is None
+    monkeypatch.setenv("LORAFLOW_TRAINING__MAX_BATCH_TOKENS", "768")
+    settings.reset()
+    assert settings.get_settings().training.token_budget(cuda=False) == 768
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        TrainingConfig(max_batch_tokens=8)  # type: ignore[arg-type]
 
 
 def _tiny_lm(tiny_plan, attention: str = "sdpa"):  # type: ignore[no-untyped-def]
@@ -232,6 +247,42 @@ def test_an_input_is_cast_once_for_every_layer_that_reads_it(tiny_plan) -> None:
     assert [x.dtype for x in seen] == [torch.float32] * 3
 
 
+def _error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+def test_the_fused_lora_add_is_peft_s_forward_and_backward(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    lm = _tiny_lm(tiny_plan)
+    base = lm.get_base_model()
+    before = [_loss_and_grads(lm, autocast=a) for a in (False, True)]
+    batch = collate(_examples(), [0, 1, 2, 3], 0)
+
+    def base_loss() -> float:  # the base model's: adapters disabled
+        with lm.disable_adapter(), torch.no_grad():
+            return float(ResponseLoss(lm)(batch.input_ids, batch.attention_mask, batch.labels)[0])
+
+    without = base_loss()
+    assert fused_lora_add(lm) == 14  # 7 projections x 2 layers
+    products: list[torch.Tensor] = []
+    base.get_decoder().layers[0].mlp.up_proj.lora_B["default"].register_forward_hook(
+        lambda *_: products.append(torch.empty(0))
+    )
+    after = [_loss_and_grads(lm, autocast=a) for a in (False, True)]
+    assert products == []  # lora_B's weight is used by the fused add, its module not called
+    (loss, grads), (want, want_grads) = after[0], before[0]  # fp32: sums in another order
+    assert loss == pytest.approx(want, rel=1e-6)
+    assert max(_error(g, e) for g, e in zip(grads, want_grads, strict=True)) < 1e-5
+    # bf16: peft rounds the product, the scaled product and the sum to bf16, the fused add
+    # only the sum; its gradients are no further from the fp32 ones than peft's are
+    fused_error = max(_error(g, e) for g, e in zip(after[1][1], want_grads, strict=True))
+    peft_error = max(_error(g, e) for g, e in zip(before[1][1], want_grads, strict=True))
+    print(f"bf16 gradients against fp32: fused {fused_error:.2e}, peft {peft_error:.2e}")
+    assert fused_error <= 1.1 * peft_error
+    assert after[1][0] == pytest.approx(before[1][0], rel=1e-3)
+    # disabled (or merged, or several) adapters: peft's own forward
+    assert base_loss() == without != after[0][0]
+
+
 def _curve(tiny_plan, out: str, config: TrainingConfig, **hyper: object) -> list[float]:  # type: ignore[no-untyped-def]
     plan = tiny_plan(out=out, **hyper)
     plan.checkpoints.prefix = f"fine-tunes/ft-{out}/checkpoints"  # each run from the start
@@ -254,7 +305,8 @@ def test_the_levers_keep_the_loss_curve(tiny_plan) -> None:  # type: ignore[no-u
     assert LEVERS["plain"] == "speed: attention sdpa"  # every lever off
     for lever in (
         "attention loraflow_sdpa_fp32", "bf16 base weights (14 layers)",
-        "inputs cast once (14 layers)", "sparse dropout (14)", "token budget 64",
+        "inputs cast once (14 layers)", "sparse dropout (14)", "fused LoRA add (14)",
+        "token budget 64",
         "chunked cross-entropy", "reused memory",
     ):  # fmt: skip
         assert lever in LEVERS["fast"]

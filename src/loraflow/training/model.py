@@ -2,7 +2,8 @@
 
 ``build`` loads the base, wraps it in LoRA, and applies what ``TrainingConfig`` asks for on
 this device (``loraflow.training.speed``): on a CPU bf16 base weights, inputs cast once,
-the sparse dropout, fp32 attention, the chunked loss and a token budget; on a GPU packed
+the sparse dropout, the fused LoRA add, fp32 attention, the chunked loss and a token budget
+(1024 tokens); on a GPU packed
 batches (FlashAttention 2 when installed, else SDPA), Liger's kernels when installed, and
 torch.compile. ``Levers`` records what was applied, for the run's log and for tests.
 """
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from loraflow.models.zoo import ModelSpec
-from loraflow.training import speed
+from loraflow.training import fused_lora, speed
 from loraflow.training.data import IGNORE
 from loraflow.training_settings import TrainingConfig
 
@@ -71,6 +72,7 @@ class Levers:
     bf16_weights: int = 0  # linear layers whose frozen weight is stored in bf16
     cast_once: int = 0  # LoRA layers whose input is cast to the autocast dtype once
     fast_dropout: int = 0  # LoRA dropouts replaced by the sparse one
+    fused_lora: int = 0  # LoRA layers adding lora_B's product in one addmm
     shared: bool = False  # ... sharing one draw per input
     max_batch_tokens: int | None = None
     packed: bool = False  # padding-free batches, one row of concatenated examples
@@ -92,6 +94,7 @@ class Levers:
         on += [f"inputs cast once ({self.cast_once} layers)"] if self.cast_once else []
         kind = "shared sparse dropout" if self.shared else "sparse dropout"
         on += [f"{kind} ({self.fast_dropout})"] if self.fast_dropout else []
+        on += [f"fused LoRA add ({self.fused_lora})"] if self.fused_lora else []
         on += [f"token budget {self.max_batch_tokens}"] if self.max_batch_tokens else []
         on += ["packed batches"] if self.packed else []
         on += ["Liger kernels"] if self.liger else []
@@ -139,11 +142,14 @@ def build(
         levers.cast_once = speed.cast_once(model)
     if config.wants_compile(cuda):
         levers.compiled_layers = speed.compile_layers(model)  # compiled RNG is fused already
-    elif config.fast_dropout and not cuda:  # a GPU's own dropout kernel is fast
-        levers.fast_dropout = speed.fast_dropout(model, config.share_dropout)
-        levers.shared = config.share_dropout
+    else:
+        if config.fast_dropout and not cuda:  # a GPU's own dropout kernel is fast
+            levers.fast_dropout = speed.fast_dropout(model, config.share_dropout)
+            levers.shared = config.share_dropout
+        if config.fused_lora:
+            levers.fused_lora = fused_lora.fused_lora_add(model)
     levers.chunked_loss = config.chunked_loss and not levers.liger
-    levers.max_batch_tokens = config.max_batch_tokens
+    levers.max_batch_tokens = config.token_budget(cuda)
     return model, levers
 
 
