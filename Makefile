@@ -50,7 +50,7 @@ $(LLM_STAMP): $(STAMP)
 setup-llm: $(LLM_STAMP) ## create .venv-llm: .venv plus simonw's llm (the llm plugin's tests)
 
 test: setup setup-llm ## the test suite (what CI runs, with test-readme): under 20 minutes here
-	$(BIN)/python -m pytest -m "not readme" --durations=15
+	$(BIN)/python -m pytest -m "not readme" --durations=40
 	$(LLM_VENV)/bin/python -m pytest tests/with_llm --durations=5
 
 # The README run as a user would (make demo, make up, then every block): about 5 minutes of
