@@ -112,7 +112,8 @@ def tiny_fine_tune(
     model: str = "tiny-llama-test",
     **hyper: object,
 ) -> object:
-    """Fine-tune the tiny model on the bundled data through the real flow (in process).
+    """Fine-tune ``model`` (the tiny one unless given) on the first ``rows`` of the bundled
+    data through the real flow (in process).
 
     Needs the Prefect harness; returns the flow's FineTuneOutcome (registered, served).
     """

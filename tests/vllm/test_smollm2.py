@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loraflow import Completion, File
-from loraflow.data.sources import resolve_source
+from loraflow import Completion
+from tests.helpers import SUPPORT_CSV, tiny_fine_tune
 from tests.vllm.conftest import use_engine, use_vllm, vllm_env
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -19,21 +19,13 @@ BASE = "smollm2-135m-instruct"
 def test_smollm2_and_its_adapter_answer_alike_on_both_backends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.fine_tune import fine_tune
     from loraflow import vllm
-    from loraflow.fine_tuning import FineTuneRequest
 
-    rows = resolve_source("builtin:customer_support.csv").read_text().splitlines()
-    path = tmp_path / "support.csv"
-    path.write_text("\n".join(rows[:17]) + "\n")
-    tuned = fine_tune(
-        FineTuneRequest(
-            model=BASE,
-            training_file=File.upload(path).id,
-            hyperparameters={"epochs": 1, "batch_size": 8, "lr": 0.002, "validation_fraction": 0},
-            suffix="vllm",
-        )
-    ).fine_tuned_model
+    tuned = tiny_fine_tune(
+        tmp_path, "vllm", rows=16, model=BASE,
+        epochs=1, batch_size=8, lr=0.002, validation_fraction=0,
+    ).fine_tuned_model  # fmt: skip
+    rows = SUPPORT_CSV.read_text().splitlines()
     prompts = [line.split(",")[0].strip('"') for line in rows[30:38]]
 
     def answers() -> list[str]:

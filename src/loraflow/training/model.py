@@ -1,11 +1,11 @@
 """The model a fine-tune trains: precision, the response loss, and the speed levers applied.
 
 ``build`` loads the base, wraps it in LoRA, and applies what ``TrainingConfig`` asks for on
-this device (``loraflow.training.speed``): on a CPU bf16 base weights, inputs cast once,
-the sparse dropout, the fused LoRA add, fp32 attention, the chunked loss and a token budget
-(1024 tokens); on a GPU packed
-batches (FlashAttention 2 when installed, else SDPA), Liger's kernels when installed, and
-torch.compile. ``Levers`` records what was applied, for the run's log and for tests.
+this device (``loraflow.training.speed``, ``loraflow.training.fused_lora``): on a CPU bf16
+base weights, inputs cast once, the sparse dropout, fp32 attention, the chunked loss and a
+1024-token budget; on a GPU packed batches (FlashAttention 2 when installed, else SDPA),
+Liger's kernels when installed, and torch.compile; wherever layers are not compiled, the fused
+LoRA add. ``Levers`` records what was applied, for the run's log and for tests.
 """
 
 from __future__ import annotations
