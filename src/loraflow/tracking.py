@@ -52,9 +52,15 @@ def configure(settings: Settings | None = None) -> str:
     return experiment_id
 
 
-def run_url(run_id: str, ui: str) -> str:
-    """The run's page in the MLflow UI at ``ui`` (a tracking server, or the stack's UI)."""
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+def run_url(run_id: str, ui: str, settings: Settings | None = None) -> str:
+    """The run's page in the MLflow UI at ``ui`` (a tracking server, or the stack's UI).
+
+    The experiment is looked up in loraflow's tracking store, not in whatever MLflow's
+    process-wide URI points at (unset in a client process: an ``mlflow.db`` it would create
+    in the working directory, and a link to the wrong experiment).
+    """
+    uri = (settings or get_settings()).tracking_uri
+    experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(EXPERIMENT)
     where = experiment.experiment_id if experiment else "0"
     return f"{ui.rstrip('/')}/#/experiments/{where}/runs/{run_id}"
 

@@ -46,3 +46,20 @@ def test_reload_refuses_another_base_revision(tiny_plan) -> None:  # type: ignor
         tracking.load_adapter(result.adapter_dir)
     ref = json.loads((result.adapter_dir / tracking.BASE_REF).read_text())
     assert ref["name"] == "tiny-llama-test"
+
+
+def test_a_run_link_names_loraflows_experiment_wherever_mlflow_points(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A client process (the SDK's `progress`) never set MLflow's URI: the link must still
+    name loraflow's experiment, and no mlflow.db may appear in the working directory."""
+    experiment = tracking.configure()  # loraflow's experiment, in the home's database
+    assert experiment != "0"  # MLflow's Default: what a lookup in the wrong database gives
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    url = tracking.run_url("0123abcd", "http://127.0.0.1:5000/")
+    assert url == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/0123abcd"
+    assert list(cwd.iterdir()) == []

@@ -177,7 +177,9 @@ class FineTune:
             eta_seconds=eta,
             prefect_url=f"{ui}/runs/flow-run/{run.id}" if ui else None,
             mlflow_run_id=run_id,
-            mlflow_url=tracking.run_url(run_id, mlflow_ui) if run_id and mlflow_ui else None,
+            mlflow_url=tracking.run_url(run_id, mlflow_ui, settings)
+            if run_id and mlflow_ui
+            else None,
             history=history,
         )
 
