@@ -101,6 +101,7 @@ class Stack:
                 [py, *worker.split(), f"loraflow-{socket.gethostname()}"],
                 client,
                 ready=self._worker_online,
+                needs=["prefect"],
             ),
         ]
         if self.settings.tracking_uri.startswith("sqlite:"):
@@ -123,6 +124,7 @@ class Stack:
                 url=f"http://{HOST}:{ports.serve_port}",
                 # ready: its champions are loaded, so the first completion does not wait
                 health=f"http://{HOST}:{ports.serve_port}/readyz",
+                needs=["prefect"],
             )
         )
         return found
@@ -133,25 +135,33 @@ class Stack:
         self, announce: Callable[[str], None] = print, deploy: Callable[[], Any] | None = None
     ) -> None:
         """Start what is not running, wait until each is healthy; ``deploy`` runs once the
-        Prefect server is up and before the worker starts. On a failure, stops what this
-        call started and raises StackError with the service's last log lines."""
+        Prefect server is up and before the worker starts. Services start in two waves, each
+        wave's at once: those that need nothing (Prefect's server, MLflow), then those that
+        need Prefect's API (the worker, serve). On a failure, stops what this call started
+        and raises StackError with the service's last log lines."""
         from loraflow.files import housekeeping
 
         self.dir.mkdir(parents=True, exist_ok=True)
         removed = housekeeping(self.settings)
         if removed:
             announce(f"storage: removed {len(removed)} leftover object(s) of failed uploads")
+        services = self.services()
+        waves = [[s for s in services if not s.needs], [s for s in services if s.needs]]
         started: list[Service] = []
         try:
-            for service in self.services():
-                if self._process(service.name) is not None:
-                    announce(f"{service.name}: already running ({self._where(service)})")
-                else:
-                    self._start(service)
-                    started.append(service)
+            for wave in waves:
+                begun = []
+                for service in wave:
+                    if self._process(service.name) is not None:
+                        announce(f"{service.name}: already running ({self._where(service)})")
+                    else:
+                        self._start(service)
+                        started.append(service)
+                        begun.append(service)
+                for service in begun:
                     self._wait_healthy(service)
                     announce(f"{service.name}: started ({self._where(service)})")
-                if service.name == "prefect" and deploy is not None:
+                if wave is waves[0] and deploy is not None:
                     deploy()
         except BaseException:
             for service in reversed(started):

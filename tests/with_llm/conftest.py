@@ -7,7 +7,9 @@ wheel registers a plugin of its own that needs llama-cpp, which loraflow does no
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from tests.helpers import in_home, tiny_fine_tune
 from tests.server.conftest import API_KEY, server  # noqa: F401
 
 __all__ = ["API_KEY"]
+atexit.register(shutil.rmtree, os.environ["LLM_USER_PATH"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")  # one fine-tune for both modules
