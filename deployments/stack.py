@@ -53,7 +53,7 @@ class Service:
     url: str | None = None  # what a user opens
     health: str | None = None  # GET that answers 200 when it is ready
     ready: Callable[[], bool] | None = None  # readiness without a port (the worker)
-    needs: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)  # services ``up`` starts before this one
 
 
 @dataclass

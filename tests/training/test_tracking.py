@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -49,8 +50,8 @@ def test_reload_refuses_another_base_revision(tiny_plan) -> None:  # type: ignor
 
 
 def test_a_run_link_names_loraflows_experiment_wherever_mlflow_points(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A client process (the SDK's `progress`) never set MLflow's URI: the link must still
     name loraflow's experiment, and no mlflow.db may appear in the working directory."""
     experiment = tracking.configure()  # loraflow's experiment, in the home's database
