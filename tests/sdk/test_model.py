@@ -19,7 +19,7 @@ PROMPT = "How do I reset my password?"
 
 
 def test_a_fine_tune_is_registered_with_lineage_and_served_by_every_reference(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outcome = tiny_fine_tune(tmp_path, "lineage")
     name = outcome.fine_tuned_model
@@ -59,6 +59,12 @@ def test_a_fine_tune_is_registered_with_lineage_and_served_by_every_reference(
     assert lineage.loraflow_version == loraflow.__version__ and lineage.code_commit
     assert lineage.mlflow_run_id == outcome.mlflow_run_id
     assert lineage.prefect_flow_run_id == tags["prefect.flow_run_id"]
+    assert lineage.links == {}  # no stack runs: no UI to link to
+    ui = {"mlflow": "http://127.0.0.1:5000"}  # with the stack's MLflow UI up: the run's page
+    monkeypatch.setattr(loraflow.jobs, "stack_url", lambda settings, service: ui.get(service))
+    assert Model.get(name).lineage.links == {  # type: ignore[union-attr]
+        "mlflow_run": f"{ui['mlflow']}/#/experiments/{configure()}/runs/{outcome.mlflow_run_id}"
+    }
     for reference in (
         "tiny-llama-test.lineage@champion",
         "tiny-llama-test.lineage/1",

@@ -84,8 +84,7 @@ def _lineage(record: ModelRecord, tags: dict[str, str]) -> Lineage:
         links["prefect_flow_run"] = f"{ui}/runs/flow-run/{record.prefect_flow_run_id}"
     mlflow_ui = jobs.stack_url(settings, "mlflow")
     if mlflow_ui:
-        experiment = tracking.configure(settings)
-        links["mlflow_run"] = f"{mlflow_ui}/#/experiments/{experiment}/runs/{record.mlflow_run_id}"
+        links["mlflow_run"] = tracking.run_url(record.mlflow_run_id, mlflow_ui, settings)
     return Lineage(
         **record.model_dump(include=set(Lineage.model_fields)),
         dataset=tags.get(TAG_DATASET),
