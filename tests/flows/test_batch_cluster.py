@@ -40,24 +40,25 @@ def stored(job_id: str) -> list[dict[str, Any]]:
 
 def chunk_states(flow_run_id: Any, count: int = 4) -> list[str]:
     """The chunk tasks' final states, once the API has all ``count`` of them (task run states
-    reach Prefect's API as events, a moment after the flow returns), or as they are after 30 s.
-    """
+    reach Prefect's API as events, a moment after the flow returns); at most 30 s."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, TaskRunFilter, TaskRunFilterName
 
-    deadline = time.monotonic() + 30
+    from loraflow.jobs import poll
+
+    seen: list[str] = []
+
+    def check() -> list[str] | None:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="generate-chunk")),
+        )
+        states = [r.state for r in runs if r.state is not None]
+        seen[:] = sorted(str(s.name) for s in states)
+        return seen if len(states) == count and all(s.is_final() for s in states) else None
+
     with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}),
-                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="generate-chunk")),
-            )
-            states = [r.state for r in runs if r.state is not None]
-            if (len(states) == count and all(s.is_final() for s in states)) or (
-                time.monotonic() > deadline
-            ):
-                return sorted(str(s.name) for s in states)
-            time.sleep(0.5)
+        return poll(check, 30, lambda: f"the chunk tasks' states are {seen}")
 
 
 def test_two_local_workers_write_what_one_process_writes(tmp_path: Path) -> None:
