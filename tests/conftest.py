@@ -15,10 +15,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from loraflow import settings as settings_module
+
+if TYPE_CHECKING:
+    from loraflow.registry import ModelRecord
 
 # tests/with_llm drive the published llm, which needs an openai that .venv's scale-llm-engine
 # refuses: `make test` runs them with .venv-llm's python (see the Makefile)
@@ -160,3 +164,23 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def smollm2_tuned(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, prefect_harness: None
+) -> tuple[Path, ModelRecord]:
+    """The session's one fine-tune of the real SmolLM2-135M, through the flow imported from
+    Python (two steps on 16 rows), in a home of its own: the real-path smoke tests share it
+    (it takes most of a minute here). Returns that home and the registered model's record."""
+    from loraflow.registry import ModelRecord
+    from tests.helpers import in_home, tiny_fine_tune
+
+    home = tmp_path_factory.mktemp("smollm2-tuned")
+    with in_home(home, models_dir):
+        outcome = tiny_fine_tune(
+            home, "smoke", rows=16, model="smollm2-135m-instruct",
+            epochs=1, batch_size=8, lr=0.002, validation_fraction=0,
+        )  # fmt: skip
+    assert isinstance(outcome, ModelRecord), outcome
+    return home, outcome

@@ -134,21 +134,26 @@ def tiny_fine_tune(
 
 
 @contextmanager
-def in_home(home: Path) -> Iterator[None]:
-    """loraflow's settings on ``home`` for a block (a module-scoped fixture's set-up, which
-    runs outside any test's monkeypatch); LORAFLOW_HOME is as it was afterwards."""
+def in_home(home: Path, models_dir: Path | None = None) -> Iterator[None]:
+    """loraflow's settings on ``home`` (and ``models_dir``, given) for a block: a session- or
+    module-scoped fixture's set-up, which runs outside any test's monkeypatch. The variables
+    are as they were afterwards."""
     from loraflow.settings import reset
 
-    before = os.environ.get("LORAFLOW_HOME")
-    os.environ["LORAFLOW_HOME"] = str(home)
+    env = {"LORAFLOW_HOME": str(home)}
+    if models_dir is not None:
+        env["LORAFLOW_MODELS_DIR"] = str(models_dir)
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
     reset()
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("LORAFLOW_HOME", None)
-        else:
-            os.environ["LORAFLOW_HOME"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         reset()
 
 

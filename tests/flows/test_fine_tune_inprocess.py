@@ -1,4 +1,7 @@
-"""The fine-tune flow imported and called from Python, with the real SmolLM2 (smoke test)."""
+"""The fine-tune flow imported and called from Python, with the real SmolLM2 (smoke test).
+
+The fine-tune itself is the session's ``smollm2_tuned`` (tests/conftest.py), which the vLLM
+smoke test serves too."""
 
 from __future__ import annotations
 
@@ -7,17 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tiny_fine_tune
-
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+from loraflow.registry import ModelRecord
 
 
 @pytest.mark.slow
-def test_smollm2_fine_tunes_for_a_few_steps_from_a_python_import(tmp_path: Path) -> None:
-    outcome = tiny_fine_tune(
-        tmp_path, "smoke", rows=16, model="smollm2-135m-instruct",
-        epochs=1, batch_size=8, lr=0.002, validation_fraction=0,
-    )  # fmt: skip
+def test_smollm2_fine_tunes_for_a_few_steps_from_a_python_import(
+    smollm2_tuned: tuple[Path, ModelRecord],
+) -> None:
+    _, outcome = smollm2_tuned
     assert outcome.steps == 2
     assert outcome.base_model == "smollm2-135m-instruct"
     assert outcome.fine_tuned_model.startswith("smollm2-135m-instruct.smoke.")

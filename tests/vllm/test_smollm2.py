@@ -1,5 +1,6 @@
 """The real path: SmolLM2-135M and a fine-tuned adapter served by vLLM, answering as
-loraflow's engine does (greedy, float32 on both; the agreement rate is printed)."""
+loraflow's engine does (greedy, float32 on both; the agreement rate is printed). The adapter is
+the session's one SmolLM2 fine-tune (``smollm2_tuned``, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from loraflow import Completion
-from tests.helpers import SUPPORT_CSV, tiny_fine_tune
+from loraflow import settings as settings_module
+from loraflow.registry import ModelRecord
+from tests.helpers import SUPPORT_CSV
 from tests.vllm.conftest import use_engine, use_vllm, vllm_env
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -17,14 +20,14 @@ BASE = "smollm2-135m-instruct"
 
 
 def test_smollm2_and_its_adapter_answer_alike_on_both_backends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    smollm2_tuned: tuple[Path, ModelRecord], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from loraflow import vllm
 
-    tuned = tiny_fine_tune(
-        tmp_path, "vllm", rows=16, model=BASE,
-        epochs=1, batch_size=8, lr=0.002, validation_fraction=0,
-    ).fine_tuned_model  # fmt: skip
+    home, outcome = smollm2_tuned
+    monkeypatch.setenv("LORAFLOW_HOME", str(home))
+    settings_module.reset()
+    tuned = outcome.fine_tuned_model
     rows = SUPPORT_CSV.read_text().splitlines()
     prompts = [line.split(",")[0].strip('"') for line in rows[30:38]]
 
