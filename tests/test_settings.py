@@ -90,3 +90,21 @@ def test_prefect_api_url_is_applied_by_entry_points() -> None:
     assert PREFECT_API_URL.value() == before
     with prefect_api(Settings()):
         assert PREFECT_API_URL.value() == before
+
+
+def test_the_ephemeral_prefect_api_gets_time_to_start_unless_prefect_is_told(
+    tmp_path: Path,
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+
+    from loraflow.jobs import EPHEMERAL_START_SECONDS, prefect_api
+
+    home = Settings(home=tmp_path)  # no stack runs there: Prefect's ephemeral API
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with prefect_api(home):
+            assert STARTUP.value() == EPHEMERAL_START_SECONDS > 20  # Prefect's own: 20 s
+        with temporary_settings(updates={STARTUP: 45}), prefect_api(home):
+            assert STARTUP.value() == 45  # a user's setting stands
+        with prefect_api(Settings(prefect_api_url="http://127.0.0.1:4299/api")):
+            assert STARTUP.value() == 20  # a server of one's own: nothing to start

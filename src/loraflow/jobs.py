@@ -35,6 +35,7 @@ DEPLOYMENTS = {
 LEGACY_DEPLOYMENT_NAME = "loraflow"  # what every flow was deployed as once; apply removes it
 STACK_DIR = "stack"  # under the home: `loraflow up` writes <service>.pid there
 API_KEY_FILE = "api-key"  # in STACK_DIR: the stack's HTTP key when none is configured
+EPHEMERAL_START_SECONDS = 120  # how long Prefect's ephemeral API may take to start (its own: 20)
 
 T = TypeVar("T")
 
@@ -75,6 +76,7 @@ def _prefect_updates(settings: Settings) -> dict[Any, Any]:
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         get_current_settings,
     )
 
@@ -84,11 +86,17 @@ def _prefect_updates(settings: Settings) -> dict[Any, Any]:
         return {}
     if url := stack_api_url(settings):
         return {PREFECT_API_URL: url}
-    if "connection_url" in get_current_settings().server.database.model_fields_set:
-        return {}
+    server = get_current_settings().server
+    updates: dict[Any, Any] = {}
+    if "startup_timeout_seconds" not in server.ephemeral.model_fields_set:
+        # Prefect waits 20 s for its ephemeral API, which a first start (making the database)
+        # on a busy 2-core machine overran: the run failed before it began
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_START_SECONDS
+    if "connection_url" in server.database.model_fields_set:
+        return updates
     database = prefect_database(settings)
     database.parent.mkdir(parents=True, exist_ok=True)
-    return {PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{database}"}
+    return updates | {PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{database}"}
 
 
 def prefect_database(settings: Settings) -> Path:
