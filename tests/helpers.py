@@ -138,23 +138,20 @@ def in_home(home: Path, models_dir: Path | None = None) -> Iterator[None]:
     """loraflow's settings on ``home`` (and ``models_dir``, given) for a block: a session- or
     module-scoped fixture's set-up, which runs outside any test's monkeypatch. The variables
     are as they were afterwards."""
+    import pytest
+
     from loraflow.settings import reset
 
-    env = {"LORAFLOW_HOME": str(home)}
-    if models_dir is not None:
-        env["LORAFLOW_MODELS_DIR"] = str(models_dir)
-    before = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    reset()
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORAFLOW_HOME", str(home))
+        if models_dir is not None:
+            mp.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
         reset()
+        try:
+            yield
+        finally:
+            mp.undo()
+            reset()
 
 
 def stack_env(home: Path, ports: dict[str, int], **more: str) -> dict[str, str]:
