@@ -5,6 +5,7 @@ the session's one SmolLM2 fine-tune (``smollm2_tuned``, tests/conftest.py)."""
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -38,15 +39,23 @@ def test_smollm2_and_its_adapter_answer_alike_on_both_backends(
             for g in Completion.generate(model, prompts, max_new_tokens=16, temperature=0)
         ]
 
-    use_engine(monkeypatch)
-    engine = answers()
-    vllm_env(monkeypatch)  # loraflow starts SmolLM2's own vLLM server (float32, 1 GiB cache)
+    # loraflow starts SmolLM2's own vLLM server (float32, 1 GiB cache); it takes over a
+    # minute here, most of it one process's imports on one core, so the engine's answers are
+    # made meanwhile (only the backend setting differs between the two: the server reads none)
+    vllm_env(monkeypatch)
+    starting = threading.Thread(target=vllm.get_backend, args=(BASE,), name="vllm-start")
+    starting.start()
+    try:
+        use_engine(monkeypatch)
+        engine = answers()
+    finally:
+        starting.join()
+    use_vllm(monkeypatch)
     try:
         on_vllm = answers()
         assert vllm.get_backend(BASE).server.proc is not None  # loraflow's own server
     finally:
         vllm.release(BASE)  # SmolLM2's server only: the session's tiny one stays
-    use_vllm(monkeypatch)
     same = sum(a == b for a, b in zip(engine, on_vllm, strict=True))
     print(f"SmolLM2 greedy answers equal on both backends: {same}/{len(engine)}", file=sys.stderr)
     assert on_vllm[len(prompts) :] != on_vllm[: len(prompts)]  # the adapter was applied
