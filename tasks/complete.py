@@ -17,7 +17,7 @@ from loraflow.batch import BatchCompleteConfig, BatchResult
 from loraflow.types import CompletionSyncResponse, SamplingOptions
 
 
-@task(name="complete", tags=["loraflow", "completion"], cache_policy=NO_CACHE)
+@task(name="complete", cache_policy=NO_CACHE)
 def complete(
     model: str,
     prompt: str | None = None,
@@ -62,7 +62,6 @@ def _chunk_key(context: Any, parameters: dict[str, Any]) -> str:
 
 @task(
     name="generate-chunk",
-    tags=["loraflow", "completion"],
     cache_key_fn=_chunk_key,
     cache_expiration=timedelta(days=7),
     persist_result=True,
@@ -145,7 +144,7 @@ def _check_scheduler(address: str) -> None:
         ) from None
 
 
-@task(name="load-batch-inputs", tags=["loraflow"], cache_policy=NO_CACHE)
+@task(name="load-batch-inputs", cache_policy=NO_CACHE)
 def load_batch_inputs(config: BatchCompleteConfig) -> list[Any]:
     """The job's inputs, read and checked (the first bad row is the error)."""
     from loraflow import batch
@@ -155,7 +154,7 @@ def load_batch_inputs(config: BatchCompleteConfig) -> list[Any]:
     return inputs
 
 
-@task(name="write-batch-results", tags=["loraflow"], cache_policy=NO_CACHE)
+@task(name="write-batch-results", cache_policy=NO_CACHE)
 def write_batch_results(
     config: BatchCompleteConfig, job_id: str, done: list[tuple[str, int]], inputs: int
 ) -> BatchResult:

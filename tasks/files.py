@@ -28,7 +28,6 @@ def _storage_failed(task: Any, run: Any, state: Any) -> bool:
 # A failed store leaves nothing behind, so a retry is safe.
 @task(
     name="ingest-dataset",
-    tags=["loraflow", "data", "storage"],
     retries=3,
     retry_delay_seconds=[2, 10, 30],
     retry_condition_fn=_storage_failed,

@@ -165,7 +165,7 @@ def stop_on_sigterm(flag: threading.Event) -> Iterator[None]:
 
 
 # Preparing may download from a hub; a retry helps there and costs nothing once prepared.
-@task(name="prepare-base-model", tags=["loraflow", "models"], retries=2, retry_delay_seconds=10)
+@task(name="prepare-base-model", retries=2, retry_delay_seconds=10)
 def prepare_base_model(model: str) -> str:
     """Make the base model a local checkpoint (converted or built once); returns its path."""
     from loraflow.models import prepare, resolve_model
@@ -173,7 +173,7 @@ def prepare_base_model(model: str) -> str:
     return str(prepare(resolve_model(model)))
 
 
-@task(name="train-adapter", tags=["loraflow", "training"], cache_policy=NO_CACHE)
+@task(name="train-adapter", cache_policy=NO_CACHE)
 def train_adapter(checked: CheckedRequest, job_id: str) -> ModelRecord:
     """Train the LoRA adapter; resumes from the job's last checkpoint if there is one."""
     from prefect.runtime import flow_run

@@ -13,7 +13,7 @@ from loraflow.promotion import Decision
 from tasks.validate import artifact_key
 
 
-@task(name="score-model", tags=["loraflow", "evaluation"], cache_policy=NO_CACHE)
+@task(name="score-model", cache_policy=NO_CACHE)
 def score_model(model: str, validation_file: str, max_examples: int, max_new_tokens: int) -> Scores:
     """Eval loss, exact match and ROUGE-L of ``model`` on a stored validation file."""
     from loraflow.evaluation import score
@@ -25,7 +25,7 @@ def score_model(model: str, validation_file: str, max_examples: int, max_new_tok
     return scores
 
 
-@task(name="record-decision", tags=["loraflow", "registry"], cache_policy=NO_CACHE)
+@task(name="record-decision", cache_policy=NO_CACHE)
 def record_decision(decision: Decision) -> Any:
     """Tag the candidate's version, move the alias if promoted, publish the comparison."""
     from loraflow import promotion

@@ -10,7 +10,6 @@ from loraflow.registry import ModelRecord
 
 @task(
     name="register-model",
-    tags=["loraflow", "registry"],
     retries=2,
     retry_delay_seconds=2,
     cache_policy=NO_CACHE,

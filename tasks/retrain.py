@@ -16,7 +16,7 @@ from loraflow.settings import get_settings
 from tasks.validate import artifact_key
 
 
-@task(name="fetch-dataset", tags=["loraflow", "data"], retries=2, retry_delay_seconds=5)
+@task(name="fetch-dataset", retries=2, retry_delay_seconds=5)
 def fetch_dataset(location: str, work_dir: Path) -> Dataset:
     """Read the dataset at ``location`` (the newest file under a prefix) into ``work_dir``."""
     from loraflow import locations
@@ -31,7 +31,7 @@ def fetch_dataset(location: str, work_dir: Path) -> Dataset:
     return dataset
 
 
-@task(name="find-champion", tags=["loraflow", "registry"], cache_policy=NO_CACHE)
+@task(name="find-champion", cache_policy=NO_CACHE)
 def find_champion(family: str, alias: str) -> Champion | None:
     """The model ``family@alias`` names and its training dataset; None when the alias is unset."""
     from loraflow import registry
@@ -50,7 +50,7 @@ def find_champion(family: str, alias: str) -> Champion | None:
 
 
 # Preparing the base model may download from a hub; a retry helps there.
-@task(name="fingerprint-recipe", tags=["loraflow", "models"], retries=2, retry_delay_seconds=10)
+@task(name="fingerprint-recipe", retries=2, retry_delay_seconds=10)
 def fingerprint_recipe(config: RetrainConfig, dataset: Dataset) -> str:
     """The recipe fingerprint of training ``config.model`` on ``dataset`` as ``config`` says."""
     from loraflow.models import model_revision, prepare, resolve_model
@@ -61,7 +61,7 @@ def fingerprint_recipe(config: RetrainConfig, dataset: Dataset) -> str:
     return recipe_fingerprint(dataset.sha256, spec.name, revision, recipe_settings(config))
 
 
-@task(name="find-precedents", tags=["loraflow", "registry"], cache_policy=NO_CACHE)
+@task(name="find-precedents", cache_policy=NO_CACHE)
 def find_precedents(family: str, recipe: str, alias: str) -> list[Precedent]:
     """Every version of ``family`` trained on ``recipe``, with its gate's decision."""
     from loraflow import registry
@@ -76,7 +76,7 @@ def find_precedents(family: str, recipe: str, alias: str) -> list[Precedent]:
     ]
 
 
-@task(name="tag-lineage", tags=["loraflow", "registry"], retries=2, cache_policy=NO_CACHE)
+@task(name="tag-lineage", retries=2, cache_policy=NO_CACHE)
 def tag_lineage(model: str, dataset: Dataset, recipe: str) -> None:
     """Record on ``model``'s registry version the dataset it came from (location, sha256)
     and the recipe fingerprint."""
