@@ -142,16 +142,15 @@ def in_home(home: Path, models_dir: Path | None = None) -> Iterator[None]:
 
     from loraflow.settings import reset
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LORAFLOW_HOME", str(home))
-        if models_dir is not None:
-            mp.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
-        reset()
-        try:
-            yield
-        finally:
-            mp.undo()
+    try:
+        with pytest.MonkeyPatch.context() as mp:  # restores the variables on the way out
+            mp.setenv("LORAFLOW_HOME", str(home))
+            if models_dir is not None:
+                mp.setenv("LORAFLOW_MODELS_DIR", str(models_dir))
             reset()
+            yield
+    finally:
+        reset()  # after the variables are back
 
 
 def stack_env(home: Path, ports: dict[str, int], **more: str) -> dict[str, str]:

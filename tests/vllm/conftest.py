@@ -49,7 +49,7 @@ def vllm_tiny(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with pytest.MonkeyPatch.context() as mp:
         vllm_env(mp, LORAFLOW_HOME=str(home), LORAFLOW_MODELS_DIR=str(models_dir))
         # the worker runs in vLLM's engine process instead of a third process of its own:
-        # about 10 s less to start here. Only the tiny model's servers: SmolLM2's
+        # about 12 s less to start here. Only the tiny model's servers: SmolLM2's
         # (test_smollm2.py) starts as loraflow starts one for users
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         server = VllmServer(TINY, prepare(resolve_model(TINY)))

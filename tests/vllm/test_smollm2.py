@@ -41,20 +41,19 @@ def test_smollm2_and_its_adapter_answer_alike_on_both_backends(
 
     # loraflow starts SmolLM2's own vLLM server (float32, 1 GiB cache); it takes over a
     # minute here, most of it one process's imports on one core, so the engine's answers are
-    # made meanwhile (only the backend setting differs between the two: the server reads none)
+    # made meanwhile (only the backend setting differs between the two: the server reads
+    # none). Asked for SmolLM2's backend while it starts, get_backend waits for it.
     vllm_env(monkeypatch)
     starting = threading.Thread(target=vllm.get_backend, args=(BASE,), name="vllm-start")
     starting.start()
     try:
         use_engine(monkeypatch)
         engine = answers()
-    finally:
-        starting.join()
-    use_vllm(monkeypatch)
-    try:
+        use_vllm(monkeypatch)
         on_vllm = answers()
         assert vllm.get_backend(BASE).server.proc is not None  # loraflow's own server
     finally:
+        starting.join()
         vllm.release(BASE)  # SmolLM2's server only: the session's tiny one stays
     same = sum(a == b for a, b in zip(engine, on_vllm, strict=True))
     print(f"SmolLM2 greedy answers equal on both backends: {same}/{len(engine)}", file=sys.stderr)
