@@ -148,26 +148,43 @@ def eval_loss(lm: Any, examples: list[Any], pad_id: int, mixed: str) -> float:
 
 
 class Timer:
-    """Reporter (loraflow) / callback (HF) timing the loop from its first step to its last."""
+    """Reporter (loraflow) / callback (HF) timing the loop from its first step to its last, in
+    wall-clock seconds and in the process's user and system CPU seconds (a run slowed by the
+    kernel - page faults on first touch - shows in its system time)."""
 
     def __init__(self) -> None:
         self.start = self.end = 0.0
+        self.cpu_start = self.cpu_end = (0.0, 0.0)
         self.losses: list[float] = []
         self.step_ends: list[float] = []  # seconds from the start to the end of each step
 
     def begin(self, total_steps: int) -> None:
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
+
+    def stop(self) -> None:
+        self.end, self.cpu_end = time.perf_counter(), cpu_seconds()
+
+    def cpu(self) -> dict[str, float]:
+        """User and system CPU seconds of the timed loop."""
+        (user0, system0), (user1, system1) = self.cpu_start, self.cpu_end
+        return {"user_seconds": user1 - user0, "system_seconds": system1 - system0}
 
     def event(self, message: str, level: str = "info") -> None:
         pass
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
-        self.end = time.perf_counter()
+        self.stop()
         self.losses.append(values["loss"])
         self.step_ends.append(self.end - self.start)
 
     def should_stop(self) -> bool:
         return False
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """This process's user and system CPU seconds so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
 
 
 def child_loraflow(model: str, rows: int, epochs: int) -> dict[str, Any]:
@@ -213,6 +230,7 @@ def child_loraflow(model: str, rows: int, epochs: int) -> dict[str, Any]:
         "lora_params": sum(p.numel() for p in lm.parameters() if p.requires_grad),
         "params": sum(p.numel() for p in lm.parameters() if not p.requires_grad),
         "peak_flops": max(peaks),  # the higher: the lower MFU
+        **timer.cpu(),
     }
 
 
@@ -248,7 +266,7 @@ def child_hf(model: str, rows: int) -> dict[str, Any]:
             timer.begin(0)
 
         def on_train_end(self, *a: Any, **k: Any) -> None:
-            timer.end = time.perf_counter()
+            timer.stop()
 
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -282,6 +300,7 @@ def child_hf(model: str, rows: int) -> dict[str, Any]:
         "tokens": sum(len(e.input_ids) for e in examples) * HYPER["epochs"],
         "eval_loss": eval_loss(lm, encoded(spec, path, val), pad, mixed),
         "precision": mixed,
+        **timer.cpu(),
     }
 
 
@@ -387,7 +406,8 @@ def main() -> None:
             results[kind].append(r)
             print(
                 f"  run {i + 1} {kind:8}: {r['tokens'] / r['seconds']:7.1f} real tokens/s, "
-                f"{r['seconds']:6.1f} s, eval loss {r['eval_loss']:.4f}, "
+                f"{r['seconds']:6.1f} s (CPU: user {r['user_seconds']:.0f} s, system "
+                f"{r['system_seconds']:.1f} s), eval loss {r['eval_loss']:.4f}, "
                 f"peak RSS {r['peak_rss_mb']:.0f} MB"
                 + (f", peak GPU memory {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else "")
             )

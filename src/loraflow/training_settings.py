@@ -28,8 +28,9 @@ class TrainingConfig(BaseModel):
     )
     fused_lora: bool = Field(
         True,
-        description="lora_B's product, scaling and sum with the base output in one addmm, its "
-        "backward in the layout a CPU BLAS runs fastest for rank-wide matrices (not compiled).",
+        description="A LoRA layer's update (the sparse dropout, lora_A, lora_B, the scaled sum "
+        "with the base output) as one autograd node, its products in the layouts a CPU BLAS "
+        "runs fastest for rank-wide matrices (not compiled).",
     )
     share_dropout: bool = Field(
         False, description="Modules reading one input (q/k/v, gate/up) share one dropout draw."

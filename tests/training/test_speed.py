@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from loraflow.training.data import Example, collate, pack
 from loraflow.training.distributed import Distributed
-from loraflow.training.fused_lora import fused_lora_add
+from loraflow.training.fused_lora import fuse_lora
 from loraflow.training.loop import Trainer
 from loraflow.training.model import ResponseLoss
 from loraflow.training.speed import (
@@ -22,6 +22,7 @@ from loraflow.training.speed import (
     bf16_base,
     cast_once,
     dropped_positions,
+    fast_dropout,
     fp32_sdpa,
     release_memory,
     reuse_memory,
@@ -127,7 +128,7 @@ def test_the_token_budget_follows_the_device_unless_set(monkeypatch: pytest.Monk
         TrainingConfig(max_batch_tokens=8)  # type: ignore[arg-type]
 
 
-def _tiny_lm(tiny_plan, attention: str = "sdpa"):  # type: ignore[no-untyped-def]
+def _tiny_lm(tiny_plan, attention: str = "sdpa", dropout: float = 0.0):  # type: ignore[no-untyped-def]
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -136,7 +137,9 @@ def _tiny_lm(tiny_plan, attention: str = "sdpa"):  # type: ignore[no-untyped-def
     base = AutoModelForCausalLM.from_pretrained(
         plan.model_dir, dtype=torch.float32, attn_implementation=attention
     )
-    config = LoraConfig(task_type="CAUSAL_LM", target_modules=plan.spec.target_modules, r=4)
+    config = LoraConfig(
+        task_type="CAUSAL_LM", target_modules=plan.spec.target_modules, r=4, lora_dropout=dropout
+    )
     lm = get_peft_model(base, config, autocast_adapter_dtype=True)
     for p in lm.parameters():  # LoRA B starts at zero; give the adapter a say in the loss
         if p.requires_grad:
@@ -251,7 +254,7 @@ def _error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
-def test_the_fused_lora_add_is_peft_s_forward_and_backward(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+def test_the_fused_lora_branch_is_peft_s_forward_and_backward(tiny_plan) -> None:  # type: ignore[no-untyped-def]
     lm = _tiny_lm(tiny_plan)
     base = lm.get_base_model()
     before = [_loss_and_grads(lm, autocast=a) for a in (False, True)]
@@ -262,17 +265,17 @@ def test_the_fused_lora_add_is_peft_s_forward_and_backward(tiny_plan) -> None:  
             return float(ResponseLoss(lm)(batch.input_ids, batch.attention_mask, batch.labels)[0])
 
     without = base_loss()
-    assert fused_lora_add(lm) == 14  # 7 projections x 2 layers
-    products: list[torch.Tensor] = []
-    base.get_decoder().layers[0].mlp.up_proj.lora_B["default"].register_forward_hook(
-        lambda *_: products.append(torch.empty(0))
-    )
+    assert fuse_lora(lm) == 14  # 7 projections x 2 layers
+    calls: list[str] = []
+    mlp = base.get_decoder().layers[0].mlp.up_proj
+    for kind in ("lora_A", "lora_B"):
+        getattr(mlp, kind)["default"].register_forward_hook(lambda *_, k=kind: calls.append(k))
     after = [_loss_and_grads(lm, autocast=a) for a in (False, True)]
-    assert products == []  # lora_B's weight is used by the fused add, its module not called
+    assert calls == []  # the branch uses lora_A's and lora_B's weights, not their modules
     (loss, grads), (want, want_grads) = after[0], before[0]  # fp32: sums in another order
     assert loss == pytest.approx(want, rel=1e-6)
     assert max(_error(g, e) for g, e in zip(grads, want_grads, strict=True)) < 1e-5
-    # bf16: peft rounds the product, the scaled product and the sum to bf16, the fused add
+    # bf16: peft rounds the product, the scaled product and the sum to bf16, the fused branch
     # only the sum; its gradients are no further from the fp32 ones than peft's are
     fused_error = max(_error(g, e) for g, e in zip(after[1][1], want_grads, strict=True))
     peft_error = max(_error(g, e) for g, e in zip(before[1][1], want_grads, strict=True))
@@ -281,6 +284,31 @@ def test_the_fused_lora_add_is_peft_s_forward_and_backward(tiny_plan) -> None:  
     assert after[1][0] == pytest.approx(before[1][0], rel=1e-3)
     # disabled (or merged, or several) adapters: peft's own forward
     assert base_loss() == without != after[0][0]
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_the_fused_branch_drops_what_the_sparse_dropout_drops(tiny_plan, share: bool) -> None:  # type: ignore[no-untyped-def]
+    """The unshared sparse dropout is drawn inside the branch: with the same seed, the same
+    positions as the dropout module, so the same loss and gradients (to fp32 rounding); a
+    shared draw (or peft's dropout) runs as its module before the branch."""
+    lm = _tiny_lm(tiny_plan, dropout=0.3)
+    assert fast_dropout(lm, share) == 14
+    without = _loss_and_grads(lm, autocast=False)[0]  # eval: no dropout
+
+    def seeded(autocast: bool) -> tuple[float, list[torch.Tensor]]:
+        torch.manual_seed(11)
+        return _loss_and_grads(lm.train(), autocast=autocast)  # type: ignore[no-any-return]
+
+    want = [seeded(a) for a in (False, True)]
+    assert fuse_lora(lm) == 14
+    got = [seeded(a) for a in (False, True)]
+    assert want[0][0] != pytest.approx(without, rel=1e-5)  # the dropout did drop
+    assert got[0][0] == pytest.approx(want[0][0], rel=1e-6)
+    assert max(_error(g, e) for g, e in zip(got[0][1], want[0][1], strict=True)) < 1e-5
+    assert got[1][0] == pytest.approx(want[1][0], rel=1e-2)  # bf16 autocast
+    assert max(_error(g, e) for g, e in zip(got[1][1], want[0][1], strict=True)) < 0.05
+    torch.manual_seed(12)  # another seed, other positions
+    assert _loss_and_grads(lm, autocast=False)[0] != pytest.approx(got[0][0], rel=1e-6)
 
 
 def _curve(tiny_plan, out: str, config: TrainingConfig, **hyper: object) -> list[float]:  # type: ignore[no-untyped-def]
@@ -305,7 +333,7 @@ def test_the_levers_keep_the_loss_curve(tiny_plan) -> None:  # type: ignore[no-u
     assert LEVERS["plain"] == "speed: attention sdpa"  # every lever off
     for lever in (
         "attention loraflow_sdpa_fp32", "bf16 base weights (14 layers)",
-        "inputs cast once (14 layers)", "sparse dropout (14)", "fused LoRA add (14)",
+        "inputs cast once (14 layers)", "sparse dropout (14)", "fused LoRA (14)",
         "token budget 64",
         "chunked cross-entropy", "reused memory",
     ):  # fmt: skip

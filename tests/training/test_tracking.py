@@ -12,6 +12,7 @@ import torch
 from loraflow import tracking
 from loraflow.errors import LoraflowError
 from loraflow.models import model_revision
+from loraflow.training.fused_lora import fuse_lora
 from loraflow.training.loop import Trainer
 from tests.training.conftest import RecordingReporter
 
@@ -29,8 +30,11 @@ def test_logged_adapter_reloads_with_identical_logits(tiny_plan) -> None:  # typ
     ids = torch.tensor([[3, 17, 99, 250, 41, 7]])
     with torch.no_grad():
         trained = trainer._unwrapped().eval()(input_ids=ids).logits
-        again = reloaded(input_ids=ids).logits
-    assert torch.equal(trained, again)
+        again = reloaded(input_ids=ids).logits  # peft's own forward
+        assert fuse_lora(reloaded) > 0  # the trainer's LoRA forward: the same sums, same order
+        fused = reloaded(input_ids=ids).logits
+    assert torch.equal(trained, fused)
+    torch.testing.assert_close(again, trained, rtol=1e-5, atol=1e-6)  # only rounding apart
     base = reloaded.get_base_model()
     with torch.no_grad(), reloaded.disable_adapter():
         plain = base(input_ids=ids).logits

@@ -5,7 +5,7 @@ this device (``loraflow.training.speed``, ``loraflow.training.fused_lora``): on 
 base weights, inputs cast once, the sparse dropout, fp32 attention, the chunked loss and a
 1024-token budget; on a GPU packed batches (FlashAttention 2 when installed, else SDPA),
 Liger's kernels when installed, and torch.compile; wherever layers are not compiled, the fused
-LoRA add. ``Levers`` records what was applied, for the run's log and for tests.
+LoRA branch. ``Levers`` records what was applied, for the run's log and for tests.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Levers:
     bf16_weights: int = 0  # linear layers whose frozen weight is stored in bf16
     cast_once: int = 0  # LoRA layers whose input is cast to the autocast dtype once
     fast_dropout: int = 0  # LoRA dropouts replaced by the sparse one
-    fused_lora: int = 0  # LoRA layers adding lora_B's product in one addmm
+    fused_lora: int = 0  # LoRA layers whose dropout, lora_A, lora_B and add are one node
     shared: bool = False  # ... sharing one draw per input
     max_batch_tokens: int | None = None
     packed: bool = False  # padding-free batches, one row of concatenated examples
@@ -94,7 +94,7 @@ class Levers:
         on += [f"inputs cast once ({self.cast_once} layers)"] if self.cast_once else []
         kind = "shared sparse dropout" if self.shared else "sparse dropout"
         on += [f"{kind} ({self.fast_dropout})"] if self.fast_dropout else []
-        on += [f"fused LoRA add ({self.fused_lora})"] if self.fused_lora else []
+        on += [f"fused LoRA ({self.fused_lora})"] if self.fused_lora else []
         on += [f"token budget {self.max_batch_tokens}"] if self.max_batch_tokens else []
         on += ["packed batches"] if self.packed else []
         on += ["Liger kernels"] if self.liger else []
@@ -147,7 +147,7 @@ def build(
             levers.fast_dropout = speed.fast_dropout(model, config.share_dropout)
             levers.shared = config.share_dropout
         if config.fused_lora:
-            levers.fused_lora = fused_lora.fused_lora_add(model)
+            levers.fused_lora = fused_lora.fuse_lora(model)
     levers.chunked_loss = config.chunked_loss and not levers.liger
     levers.max_batch_tokens = config.token_budget(cuda)
     return model, levers

@@ -20,8 +20,8 @@
   fine-tuning lengths (and more precise).
 - **chunked cross-entropy**: the loss over label positions, chunk by chunk, with its gradient
   in the same pass and the frozen head weight cast once (Liger's kernel where it runs).
-- **fused LoRA add** (``loraflow.training.fused_lora``): lora_B's product, its scaling and
-  the sum with the base layer's output in one ``addmm``.
+- **fused LoRA branch** (``loraflow.training.fused_lora``): the sparse dropout, lora_A,
+  lora_B, the scaling and the sum with the base layer's output in one autograd node.
 - **reused memory** on a CPU: glibc keeps freed memory for the next step's tensors instead of
   returning it to the system and page-faulting it back.
 - **torch.compile** of each decoder layer (one graph shared by all, sizes dynamic).
