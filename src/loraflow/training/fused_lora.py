@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from loraflow.training.speed import FastDropout, dropped_positions
+from loraflow.training.speed import FastDropout, dropped_positions, scale_and_zero
 
 
 class _LoraBranch(torch.autograd.Function):
@@ -36,22 +36,21 @@ class _LoraBranch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, result: Any, x: Any, a: Any, b: Any, scaling: float, p: float) -> Any:
-        dtype = result.dtype
+        dtype, keep_scale = result.dtype, 1.0 / (1.0 - p)
         with torch.autocast(result.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1])
             drops = None
             if p > 0:
                 drops = dropped_positions(x2.numel(), p, x.device)
-                xd = x2.to(dtype, copy=True, memory_format=torch.contiguous_format)
-                xd.view(-1).index_fill_(0, drops, 0)
-                a_kept = (a * (1.0 / (1.0 - p))).to(dtype)  # the dropout's scale, r-wide
+                xd = scale_and_zero(x2, 1.0, dtype, drops)  # unscaled: one copy
+                a_kept = (a * keep_scale).to(dtype)  # the dropout's scale, r-wide
             else:
                 xd, a_kept = x2.to(dtype), a.to(dtype)
             w = b.to(dtype)
             h_t = torch.mm(a_kept, xd.t())  # r x tokens
             out = torch.addmm(result.reshape(-1, w.shape[0]), h_t.t(), w.t(), alpha=scaling)
         ctx.save_for_backward(xd, h_t, a_kept, w, drops)
-        ctx.scaling, ctx.keep_scale = scaling, 1.0 / (1.0 - p)
+        ctx.scaling, ctx.keep_scale = scaling, keep_scale
         ctx.x_shape, ctx.x_dtype, ctx.a_dtype, ctx.b_dtype = x.shape, x.dtype, a.dtype, b.dtype
         return out.view(result.shape)
 

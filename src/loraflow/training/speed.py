@@ -135,17 +135,21 @@ class _SparseDrop(torch.autograd.Function):
         drops = dropped_positions(x.numel(), p, x.device)
         ctx.save_for_backward(drops)
         ctx.scale, ctx.in_dtype = scale, x.dtype
-        return _scale_and_zero(x, scale, dtype or x.dtype, drops)  # lora_A would cast it
+        return scale_and_zero(x, scale, dtype or x.dtype, drops)  # lora_A would cast it
 
     @staticmethod
     def backward(ctx: Any, grad: Any) -> Any:
         (drops,) = ctx.saved_tensors
-        return _scale_and_zero(grad, ctx.scale, ctx.in_dtype, drops), None, None, None
+        return scale_and_zero(grad, ctx.scale, ctx.in_dtype, drops), None, None, None
 
 
-def _scale_and_zero(t: Any, scale: float, dtype: Any, drops: Any) -> Any:
-    """``t * scale`` in ``dtype`` (a new contiguous tensor), zero at the flat ``drops``."""
-    out = t.mul(scale).to(dtype).contiguous()
+def scale_and_zero(t: Any, scale: float, dtype: Any, drops: Any) -> Any:
+    """``t * scale`` in ``dtype`` (a new contiguous tensor), zero at the flat ``drops``; a
+    scale of 1 is one copy (the fused LoRA branch scales its rank-wide products instead)."""
+    if scale == 1:
+        out = t.to(dtype, copy=True, memory_format=torch.contiguous_format)
+    else:
+        out = t.mul(scale).to(dtype).contiguous()
     out.view(-1).index_fill_(0, drops, 0)
     return out
 
