@@ -48,6 +48,11 @@ class TrainingConfig(BaseModel):
     fp32_attention: Switch = Field(
         "auto", description="Attention in fp32 under bf16 autocast (auto: on a CPU only)."
     )
+    causal_only: bool = Field(
+        True,
+        description="Right-padded batches run without a padding mask: causal attention keeps "
+        "each token from the padding after it, and runs its causal kernel.",
+    )
     chunked_loss: bool = Field(
         True, description="Cross-entropy by chunks, its gradient in the same pass (not Liger)."
     )

@@ -232,6 +232,47 @@ def test_fp32_attention_is_sdpa_computed_in_fp32(tiny_plan) -> None:  # type: ig
     assert _loss_and_grads(fp32)[0] == pytest.approx(_loss_and_grads(sdpa)[0], rel=1e-2)
 
 
+def test_right_padded_rows_run_without_a_padding_mask(tiny_plan) -> None:  # type: ignore[no-untyped-def]
+    """causal_only: a right-padded batch reaches the model without its padding mask (so
+    attention runs its causal kernel, grouped-query heads uncopied) and has the masked batch's
+    loss and gradients; a batch padded on the left keeps its mask."""
+    lm = _tiny_lm(tiny_plan)
+    seen: list[torch.Tensor | None] = []
+    lm.get_base_model().get_decoder().register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+
+    def run(batch, causal_only: bool):  # type: ignore[no-untyped-def]
+        lm.zero_grad()
+        loss, _ = ResponseLoss(lm, causal_only=causal_only)(
+            batch.input_ids, batch.attention_mask, batch.labels
+        )
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in lm.parameters() if p.requires_grad]
+
+    right = collate(_examples(), [0, 1, 2, 3], 0)
+    assert not bool(right.attention_mask.all())  # padded: the mask would matter
+    masked, causal = run(right, False), run(right, True)
+    assert seen[0] is not None and seen[1] is None
+    assert causal[0] == pytest.approx(masked[0], rel=1e-5)
+    assert max(_error(c, m) for c, m in zip(causal[1], masked[1], strict=True)) < 1e-5
+
+    # the same rows padded on the left keep their mask
+    shifts = [int(n) for n in (right.attention_mask == 0).sum(1)]
+    left = right.__class__(
+        *(
+            torch.stack([row.roll(k) for row, k in zip(t, shifts, strict=True)])
+            for t in (right.input_ids, right.attention_mask, right.labels)
+        ),
+        right.real_tokens, right.slots, right.label_tokens,
+    )  # fmt: skip
+    seen.clear()
+    kept, plain = run(left, True), run(left, False)
+    assert seen[0] is not None and seen[1] is not None
+    assert kept[0] == plain[0]
+    assert all(torch.equal(k, p) for k, p in zip(kept[1], plain[1], strict=True))
+
+
 def test_an_input_is_cast_once_for_every_layer_that_reads_it(tiny_plan) -> None:  # type: ignore[no-untyped-def]
     lm = _tiny_lm(tiny_plan)
     before, before_fp32 = _loss_and_grads(lm)[0], _loss_and_grads(lm, autocast=False)[0]
@@ -334,7 +375,7 @@ def test_the_levers_keep_the_loss_curve(tiny_plan) -> None:  # type: ignore[no-u
     for lever in (
         "attention loraflow_sdpa_fp32", "bf16 base weights (14 layers)",
         "inputs cast once (14 layers)", "sparse dropout (14)", "fused LoRA (14)",
-        "token budget 64",
+        "token budget 64", "causal attention only",
         "chunked cross-entropy", "reused memory",
     ):  # fmt: skip
         assert lever in LEVERS["fast"]

@@ -141,7 +141,7 @@ class Trainer:
             self.optimizer, math.ceil(hp.warmup_ratio * self.total_steps), self.total_steps
         )
         self.loss_module, self.optimizer = self.accelerator.prepare(
-            ResponseLoss(self.model, loss=self.levers.loss), self.optimizer
+            ResponseLoss(self.model, self.levers.loss, self.levers.causal_only), self.optimizer
         )
         self.params = params
 

@@ -79,6 +79,7 @@ class Levers:
     attention: str = "sdpa"
     liger: bool = False
     chunked_loss: bool = False
+    causal_only: bool = False  # right-padded batches without a padding mask
     reused_memory: bool = False
     compiled_layers: int = 0
     skipped: list[str] = field(default_factory=list)
@@ -98,6 +99,7 @@ class Levers:
         on += [f"token budget {self.max_batch_tokens}"] if self.max_batch_tokens else []
         on += ["packed batches"] if self.packed else []
         on += ["Liger kernels"] if self.liger else []
+        on += ["causal attention only"] if self.causal_only else []
         on += ["chunked cross-entropy"] if self.chunked_loss else []
         on += ["reused memory"] if self.reused_memory else []
         on += [f"compiled ({self.compiled_layers} layers)"] if self.compiled_layers else []
@@ -149,6 +151,7 @@ def build(
         if config.fused_lora:
             levers.fused_lora = fused_lora.fuse_lora(model)
     levers.chunked_loss = config.chunked_loss and not levers.liger
+    levers.causal_only = config.causal_only
     levers.max_batch_tokens = config.token_budget(cuda)
     return model, levers
 
@@ -161,15 +164,18 @@ class ResponseLoss(torch.nn.Module):
     vocabulary-sized output layer. ``loss`` picks how: ``"plain"`` (the output layer, then
     cross-entropy), ``"chunked"`` (``speed.ChunkedCrossEntropy``) or ``"liger"`` (Liger's
     fused kernel; neither keeps all logits). ``position_ids`` marks a packed row: positions
-    restart at each example, and the model's attention keeps examples apart.
+    restart at each example, and the model's attention keeps examples apart. ``causal_only``:
+    a right-padded batch runs without its padding mask (``speed.right_padded``), so attention
+    runs its causal kernel; the loss and gradients are the masked ones.
     """
 
     CHUNK = 512  # label rows per chunk: 512 x 49152 fp32 logits are 100 MB
 
-    def __init__(self, lm: Any, loss: str = "plain") -> None:
+    def __init__(self, lm: Any, loss: str = "plain", causal_only: bool = False) -> None:
         super().__init__()
         self.lm = lm
         self.loss = loss
+        self.causal_only = causal_only
         self.head_weight = speed.HeadWeight()
         self.logits = speed.LogitBuffers()
 
@@ -177,6 +183,13 @@ class ResponseLoss(torch.nn.Module):
         self, input_ids: Any, attention_mask: Any, labels: Any, position_ids: Any = None
     ) -> tuple[Any, Any]:
         causal = self.lm.get_base_model()
+        if (
+            self.causal_only
+            and attention_mask is not None
+            and position_ids is None
+            and speed.right_padded(attention_mask)
+        ):
+            attention_mask = None
         hidden = causal.get_decoder()(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -18,6 +18,9 @@
   gate/up) is cast to bf16 once, and stays bf16 into the adapter.
 - **fp32 attention on a CPU**: torch's CPU flash attention is faster in fp32 than in bf16 at
   fine-tuning lengths (and more precise).
+- **causal attention only** for right-padded rows: causal attention already keeps every real
+  token from the padding after it, so the model gets no padding mask and attention runs its
+  causal kernel, grouped-query heads without copies of keys and values.
 - **chunked cross-entropy**: the loss over label positions, chunk by chunk, with its gradient
   in the same pass and the frozen head weight cast once (Liger's kernel where it runs).
 - **fused LoRA branch** (``loraflow.training.fused_lora``): the sparse dropout, lora_A,
@@ -226,6 +229,16 @@ def fp32_sdpa() -> str:
     AttentionInterface.register(FP32_SDPA, forward)
     AttentionMaskInterface.register(FP32_SDPA, sdpa_mask)
     return FP32_SDPA
+
+
+# -- causal attention only --------------------------------------------------------------------
+def right_padded(mask: Any) -> bool:
+    """Whether each row of ``mask`` (1: a token, 0: padding) is its tokens, then its padding.
+
+    Such rows need no padding mask: under causal attention no token sees a later position,
+    and the padding's own outputs predict no label.
+    """
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
 # -- chunked cross-entropy ---------------------------------------------------------------------
