@@ -5,13 +5,14 @@ Both train the same base model with the same LoRA config, hyperparameters, preci
 the plain recipe: ``transformers.Trainer`` + peft, random order, padded to the batch maximum.
 Each run is its own subprocess (for a clean peak RSS) and the two alternate within this one
 benchmark run. Printed: real (non-pad) tokens/s of each over the training loop, their ratio,
-the validation loss of each after training (computed the same way), peak RSS, and loraflow's
-model FLOPs utilisation (4N + 6N_lora FLOPs a token against the best large-matmul FLOP/s
-measured in the same process just before and after its run) twice: over the one-epoch run, and
-in steady state, over the second epoch of a further two-epoch loraflow run. The first epoch
-includes the first touch of the activation memory, which costs the most on a virtual machine
-whose host backs guest memory lazily (measured on this project's machine: about 2.7 s of
-system CPU time a GB, against 0.08 s once touched).
+the CPU seconds (user and system) each spent a token, the validation loss of each after
+training (computed the same way), peak RSS, and loraflow's model FLOPs utilisation (4N +
+6N_lora FLOPs a token against the best large-matmul FLOP/s measured in the same process just
+before and after its run) twice: over the one-epoch run, and in steady state, over the second
+epoch of a further two-epoch loraflow run. The first epoch includes the first touch of the
+activation memory, which costs the most on a virtual machine whose host backs guest memory
+lazily (measured on this project's machine: about 2.7 s of system CPU time a GB, against
+0.08 s once touched).
 
 ``--device cuda`` runs the same comparison on a GPU (both trainers in bf16; loraflow with its
 GPU levers: packed batches, Liger kernels when installed, torch.compile) and measures the
@@ -436,6 +437,18 @@ def main() -> None:
     )
     print(f"loraflow trainer:                     {speed['loraflow']:.1f} real tokens/s")
     print(f"ratio: loraflow is {speed['loraflow'] / speed['hf']:.2f}x the baseline (goal >= 3x)")
+
+    def cpu(kind: str) -> float:  # median user + system CPU seconds a real token
+        return statistics.median(
+            (r["user_seconds"] + r["system_seconds"]) / r["tokens"] for r in results[kind]
+        )
+
+    print(
+        f"CPU seconds a token (user + system, median): loraflow {cpu('loraflow') * 1e3:.1f} ms, "
+        f"baseline {cpu('hf') * 1e3:.1f} ms; loraflow uses {cpu('loraflow') / cpu('hf'):.2f}x "
+        "the baseline's (the baseline's include the kernel's page faults for the padded "
+        "activations it allocates every step)"
+    )
     gap = abs(ours["eval_loss"] - theirs["eval_loss"]) / theirs["eval_loss"]
     print(
         f"final eval loss: baseline {theirs['eval_loss']:.4f}, loraflow {ours['eval_loss']:.4f}; "
