@@ -49,7 +49,7 @@ $(LLM_STAMP): $(STAMP)
 
 setup-llm: $(LLM_STAMP) ## create .venv-llm: .venv plus simonw's llm (the llm plugin's tests)
 
-test: setup setup-llm ## the test suite (what CI runs, with test-readme): about 18 minutes on 2 cores (clean-clone run: 18:05)
+test: setup setup-llm ## the test suite (what CI runs, with test-readme): 13-18 minutes on 2 cores (clean-clone runs: 18:05, 13:09)
 	$(BIN)/python -m pytest -m "not readme" --durations=40
 	$(LLM_VENV)/bin/python -m pytest tests/with_llm --durations=5
 
