@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -259,13 +260,16 @@ def test_right_padded_rows_run_without_a_padding_mask(tiny_plan) -> None:  # typ
 
     # the same rows padded on the left keep their mask
     shifts = [int(n) for n in (right.attention_mask == 0).sum(1)]
-    left = right.__class__(
-        *(
-            torch.stack([row.roll(k) for row, k in zip(t, shifts, strict=True)])
-            for t in (right.input_ids, right.attention_mask, right.labels)
-        ),
-        right.real_tokens, right.slots, right.label_tokens,
-    )  # fmt: skip
+
+    def to_left(t: torch.Tensor) -> torch.Tensor:
+        return torch.stack([row.roll(k) for row, k in zip(t, shifts, strict=True)])
+
+    left = dataclasses.replace(
+        right,
+        input_ids=to_left(right.input_ids),
+        attention_mask=to_left(right.attention_mask),
+        labels=to_left(right.labels),
+    )
     seen.clear()
     kept, plain = run(left, True), run(left, False)
     assert seen[0] is not None and seen[1] is not None

@@ -5,7 +5,8 @@ this device (``loraflow.training.speed``, ``loraflow.training.fused_lora``): on 
 base weights, inputs cast once, the sparse dropout, fp32 attention, the chunked loss and a
 1024-token budget; on a GPU packed batches (FlashAttention 2 when installed, else SDPA),
 Liger's kernels when installed, and torch.compile; wherever layers are not compiled, the fused
-LoRA branch. ``Levers`` records what was applied, for the run's log and for tests.
+LoRA branch; everywhere, right-padded batches without a padding mask. ``Levers`` records
+what was applied, for the run's log and for tests.
 """
 
 from __future__ import annotations
